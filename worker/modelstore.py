@@ -138,9 +138,25 @@ def write_forms(model, directory: str) -> dict:
     model.save_weights(os.path.join(directory, "model.weights.h5"))
     with open(os.path.join(directory, "architecture.json"), "w") as f:
         f.write(model.to_json())
-    model.export(os.path.join(directory, "saved_model"), verbose=False)
+    export_savedmodel(model, os.path.join(directory, "saved_model"))
     return {"forms": {"keras": "model.keras", "weights": "model.weights.h5", "architecture": "architecture.json",
                       "savedmodel": "saved_model"}, "params": int(model.count_params())}
+
+
+def export_savedmodel(model, path: str):
+    """A SavedModel whose ``serve`` endpoint runs the model in inference mode.
+
+    ``model.export()`` traces ``model(x)`` with ``training=None``, and Keras' random augmentation layers
+    treat that as training, so augmentation would run at serving time; this endpoint passes training=False.
+    """
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[spec])
+    archive.write_out(path, verbose=False)
 
 
 def write_record(record: VersionRecord, directory: str, workdir: str):
