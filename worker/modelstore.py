@@ -139,7 +139,9 @@ def write_forms(model, directory: str) -> dict:
     with open(os.path.join(directory, "architecture.json"), "w") as f:
         f.write(model.to_json())
     export_savedmodel(model, os.path.join(directory, "saved_model"))
-    return {"forms": {"keras": "model.keras", "weights": "model.weights.h5", "architecture": "architecture.json",
+    external = any(type(lay).__name__ == "TFSMLayer" for lay in _leaf_layers(model))
+    return {"external_savedmodel": external, "default_form": "savedmodel" if external else "keras",
+            "forms": {"keras": "model.keras", "weights": "model.weights.h5", "architecture": "architecture.json",
                       "savedmodel": "saved_model"}, "params": int(model.count_params())}
 
 
@@ -233,25 +235,44 @@ def local_dir(storage, directory: str) -> str:
     return cache
 
 
-def load_model(storage, ref: str, form: str = "keras", compile: bool = False):
-    """Load a stored version in one of its forms; returns ``(model, meta)``. Safe mode is always on."""
+def load_model(storage, ref: str, form: str | None = None, compile: bool = False, trust_external: bool = False):
+    """Load a stored version in one of its forms; returns ``(model, meta)``.
+
+    ``form`` None is the version's default: "keras", or "savedmodel" for models built on an external
+    SavedModel (a TFSMLayer), which Keras' safe mode refuses to deserialize from .keras/architecture.json.
+    Safe mode is on unless ``trust_external`` is set for such a model.
+    """
+    directory, meta = resolve(storage, ref)
+    form = form or meta.get("default_form", "keras")
     if form not in FORMS:
         raise ValueError(f"Unknown model form. Choose one of {FORMS}. Received: form={form!r}")
-    directory, meta = resolve(storage, ref)
-    return load_local(local_dir(storage, directory), form, meta["image_shape"], compile), meta
+    if form != "savedmodel" and meta.get("external_savedmodel") and not trust_external:
+        raise ValueError(f"Model {meta['name']}:{meta['version']} wraps an external SavedModel (TFSMLayer), which "
+                         f"Keras' safe mode will not load from the {form!r} form. Load form='savedmodel' (safe), "
+                         "or pass trust_external=True if you trust that SavedModel.")
+    safe = not (trust_external and meta.get("external_savedmodel"))
+    return load_local(local_dir(storage, directory), form, meta["image_shape"], compile, safe), meta
 
 
-def load_local(directory: str, form: str = "keras", image_shape=None, compile: bool = False):
-    """Load the ``form`` of a version from a local directory."""
+def load_local(directory: str, form: str = "keras", image_shape=None, compile: bool = False, safe: bool = True):
+    """Load the ``form`` of a version from a local directory (Keras safe mode unless ``safe`` is False)."""
     import keras
+    from keras.src.saving.serialization_lib import SafeModeScope
 
     if form == "keras":
-        return keras.saving.load_model(os.path.join(directory, "model.keras"), compile=compile, safe_mode=True)
+        return keras.saving.load_model(os.path.join(directory, "model.keras"), compile=compile, safe_mode=safe)
     if form == "weights":
-        with open(os.path.join(directory, "architecture.json")) as f:
+        with open(os.path.join(directory, "architecture.json")) as f, SafeModeScope(safe):
             model = keras.models.model_from_json(f.read())
         model.load_weights(os.path.join(directory, "model.weights.h5"))
         return model
     layer = keras.layers.TFSMLayer(os.path.join(directory, "saved_model"), call_endpoint="serve")
     inputs = keras.Input(shape=tuple(image_shape), name="image")
     return keras.Model(inputs, layer(inputs), name="savedmodel")
+
+
+def _leaf_layers(model) -> list:
+    out = []
+    for lay in getattr(model, "layers", []):
+        out.extend(_leaf_layers(lay) if hasattr(lay, "layers") else [lay])
+    return out

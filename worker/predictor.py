@@ -29,8 +29,8 @@ class LoadedModel:
     directory: str
 
 
-def get_model(storage, ref: str, form: str = "keras") -> LoadedModel:
-    """The model ``ref`` (``NAME`` = latest, or ``NAME:VERSION``), loaded once per process."""
+def get_model(storage, ref: str, form: str | None = None) -> LoadedModel:
+    """The model ``ref`` (``NAME`` = latest, or ``NAME:VERSION``), loaded once per process (default form)."""
     from worker import modelstore
 
     directory, meta = modelstore.resolve(storage, ref)
@@ -40,7 +40,7 @@ def get_model(storage, ref: str, form: str = "keras") -> LoadedModel:
             model, _ = modelstore.load_model(storage, f"{meta['name']}:{meta['version']}", form=form)
             _CACHE[key] = LoadedModel(model, tuple(meta["class_names"]), f"{meta['name']}:{meta['version']}",
                                       tuple(meta["image_shape"]), directory)
-            log.info("loaded model %s (%s) in process cache", _CACHE[key].ref, form)
+            log.info("loaded model %s (%s) in process cache", _CACHE[key].ref, form or "default form")
         return _CACHE[key]
 
 
