@@ -140,3 +140,38 @@ def write_report(storage, directory: str, metrics: dict, extra: dict | None = No
 
 def dumps(metrics: dict) -> str:
     return json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=1)
+
+
+def evaluate_version(storage, model_ref: str, dataset_ref: str, batch_size: int = 512) -> dict:
+    """Evaluate a stored model on a whole finished dataset; write the report under the model version's
+    ``evaluations/<dataset>-<version>/`` and return the metrics with ``location`` and ``table``.
+
+    Dataset labels are mapped onto the model's classes by name; a class the model does not know is an error.
+    """
+    from signq import dataset as ds_format
+    from worker import modelstore
+
+    model, meta = modelstore.load_model(storage, model_ref)
+    _, manifest = ds_format.resolve(storage, dataset_ref)
+    mapping = label_mapping(manifest["class_names"], meta["class_names"], dataset_ref, model_ref)
+    batches = ((shard["images"][a:a + batch_size], mapping[shard["labels"][a:a + batch_size]])
+               for shard in ds_format.iter_shards(storage, dataset_ref)
+               for a in range(0, len(shard["labels"]), batch_size))
+    metrics = evaluate_batches(model, batches, meta["class_names"])
+    directory, _ = modelstore.resolve(storage, model_ref)
+    out = f"{directory}/evaluations/{manifest['name']}-{manifest['version']}"
+    extra = {"model": f"{meta['name']}:{meta['version']}", "dataset": f"{manifest['name']}:{manifest['version']}",
+             "dataset_content_sha256": manifest.get("content_sha256")}
+    write_report(storage, out, metrics, extra)
+    return {**extra, **{k: v for k, v in metrics.items() if k != "confusion"}, "location": out,
+            "table": format_table(metrics)}
+
+
+def label_mapping(dataset_classes, model_classes, dataset_ref="dataset", model_ref="model") -> np.ndarray:
+    """Dataset class index -> model class index, by name."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    missing = [c for c in dataset_classes if c not in index]
+    if missing:
+        raise ValueError(f"Dataset {dataset_ref!r} has classes the model {model_ref!r} does not know: {missing}. "
+                         f"Model classes: {list(model_classes)}")
+    return np.array([index[c] for c in dataset_classes], np.int64)

@@ -1,0 +1,220 @@
+"""Model-queue tasks, kept thin: read the job spec, call plain functions, record state. No TensorFlow here:
+``worker.training`` & co. are imported inside the tasks, i.e. in the worker child, after the fork.
+
+    signq.model.train(job_id)               TrainSpec -> model version (resumable; one copy at a time)
+    signq.model.evaluate(job_id)            {model, dataset} -> evaluation next to the model version
+    signq.model.tune(job_id)                TuneSpec -> round 0's trials enqueued as tune_trial tasks
+    signq.model.tune_trial(job_id, trial)   one trial; the last of a round advances the search or finishes it
+
+Locks: a training (and each trial) holds ``signq:lock:<id>`` (SET NX with an expiry that a heartbeat thread
+extends). A redelivered copy that finds the lock held retries later; if its holder was SIGKILLed, the lock
+expires and the copy resumes from the last epoch's backup in the job's work directory.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+
+from signq.errors import SignqError, TransientError
+from signq.jobs import JobStore, connect
+from signq.storage import Storage
+from worker.app import app
+
+log = logging.getLogger(__name__)
+LOCK_TTL = 60          # seconds without a heartbeat before a dead holder's lock expires
+PERMANENT = (SignqError, ValueError, LookupError)
+
+
+@functools.lru_cache(maxsize=1)
+def context():
+    s = app.signq_settings
+    return s, Storage(s.storage), JobStore(connect(app.conf.broker_url))
+
+
+class Lock:
+    """A Redis lock with a heartbeat: SET NX EX, extended every TTL/3 while held, released if still ours."""
+
+    def __init__(self, r, name: str, ttl: int = LOCK_TTL):
+        self.r, self.key, self.ttl = r, f"signq:lock:{name}", ttl
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self._stop = threading.Event()
+        self._thread = None
+
+    def acquire(self) -> bool:
+        if not (self.r.set(self.key, self.token, nx=True, ex=self.ttl) or self.r.get(self.key) == self.token):
+            return False
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{self.key}")
+        self._thread.start()
+        return True
+
+    def _beat(self):
+        while not self._stop.wait(self.ttl / 3):
+            if self.r.get(self.key) == self.token:
+                self.r.expire(self.key, self.ttl)
+
+    def release(self):
+        self._stop.set()
+        if self.r.get(self.key) == self.token:
+            self.r.delete(self.key)
+
+
+def workdir(storage: Storage, kind: str, job_id: str) -> str:
+    """Local per-job work directory (backups, checkpoints, logs): under the storage root when it is local."""
+    if storage.local:
+        return storage.path("work", kind, job_id)
+    return os.path.join(tempfile.gettempdir(), "signq-work", kind, job_id)
+
+
+def reporter(jobs: JobStore, job_id: str):
+    return lambda progress: jobs.update(job_id, progress=progress)
+
+
+def finished(jobs: JobStore, job_id: str) -> dict | None:
+    raw = jobs.raw(job_id)
+    if raw.get("state") in ("done", "failed"):
+        return json.loads(raw["result"]) if raw.get("result") else {"state": raw["state"], "error": raw.get("error")}
+    return None
+
+
+def run_locked(task, lock_name: str, fn, job_id: str):
+    """Run ``fn()`` under the lock; map errors: transient -> retry, permanent/other -> job failed."""
+    settings, storage, jobs = context()
+    lock = Lock(jobs.r, lock_name)
+    if not lock.acquire():
+        log.info("%s is running elsewhere: retrying later", lock_name)
+        raise task.retry(countdown=LOCK_TTL / 2, max_retries=None)
+    try:
+        return fn()
+    except TransientError as e:
+        raise task.retry(exc=e, countdown=10, max_retries=5)
+    except Exception as e:
+        log.exception("%s failed", lock_name)
+        jobs.fail(job_id, f"{type(e).__name__}: {e}")
+        if isinstance(e, PERMANENT):
+            return {"error": str(e)}
+        raise
+    finally:
+        lock.release()
+
+
+@app.task(name="signq.model.train", bind=True)
+def train(self, job_id: str) -> dict:
+    settings, storage, jobs = context()
+    done = finished(jobs, job_id)
+    if done is not None:
+        return done
+
+    def work():
+        from worker import training
+
+        jobs.set_state(job_id, "running")
+        spec = training.TrainSpec.from_json(jobs.spec(job_id))
+        wd = workdir(storage, "train", job_id)
+        result = training.run_training(storage, spec, wd, report=reporter(jobs, job_id), job_id=job_id)
+        jobs.set_state(job_id, "done", result=result)
+        shutil.rmtree(wd, ignore_errors=True)
+        return result
+
+    return run_locked(self, f"train:{job_id}", work, job_id)
+
+
+@app.task(name="signq.model.evaluate", bind=True)
+def evaluate(self, job_id: str) -> dict:
+    settings, storage, jobs = context()
+    done = finished(jobs, job_id)
+    if done is not None:
+        return done
+
+    def work():
+        from worker import evaluation
+
+        jobs.set_state(job_id, "running")
+        spec = jobs.spec(job_id)
+        result = evaluation.evaluate_version(storage, spec["model"], spec["dataset"], spec.get("batch_size", 512))
+        jobs.set_state(job_id, "done", result=result)
+        return result
+
+    return run_locked(self, f"evaluate:{job_id}", work, job_id)
+
+
+@app.task(name="signq.model.tune", bind=True)
+def tune(self, job_id: str) -> dict:
+    settings, storage, jobs = context()
+    done = finished(jobs, job_id)
+    if done is not None:
+        return done
+
+    def work():
+        from worker import tuning
+
+        spec = dict(jobs.spec(job_id))
+        in_process = spec.pop("in_process", False)
+        tspec = tuning.TuneSpec.from_json(spec)
+        jobs.set_state(job_id, "running")
+        if in_process:
+            best = tuning.run_keras_tuner(storage, job_id, tspec, workdir(storage, "tune", job_id))
+            result = {"location": tuning.tune_dir(storage, job_id), "best": best}
+            jobs.set_state(job_id, "done", result=result)
+            return result
+        trials = tuning.start(storage, job_id, tspec)
+        total = sum(n for n, _ in tuning.plan(tspec))
+        jobs.update(job_id, progress={"round": 0, "trials_done": 0, "trials_total": total})
+        if jobs.r.set(f"signq:tune:{job_id}:round:0:enqueued", 1, nx=True, ex=30 * 24 * 3600):
+            enqueue_trials(job_id, trials)
+        return {"location": tuning.tune_dir(storage, job_id), "trials": len(trials)}
+
+    return run_locked(self, f"tune:{job_id}", work, job_id)
+
+
+def enqueue_trials(job_id: str, trials: list[dict]):
+    for t in trials:
+        app.send_task("signq.model.tune_trial", args=[job_id, t["trial_id"]])
+
+
+@app.task(name="signq.model.tune_trial", bind=True)
+def tune_trial(self, job_id: str, trial_id: str) -> dict:
+    settings, storage, jobs = context()
+    if jobs.raw(job_id).get("state") in ("done", "failed"):
+        return {"skipped": "tune finished"}
+
+    def work():
+        from worker import tuning
+
+        wd = workdir(storage, "tune", job_id)
+        try:
+            result = tuning.run_trial(storage, job_id, trial_id, wd)
+        except PERMANENT as e:            # a bad point of the space must not stall the whole round
+            result = {**tuning.trial(storage, job_id, trial_id), "val_accuracy": 0.0, "val_loss": None,
+                      "error": f"{type(e).__name__}: {e}"}
+            storage.write_json(f"{tuning.tune_dir(storage, job_id)}/results/{trial_id}.json", result)
+        after_trial(storage, jobs, job_id, result["round"])
+        return result
+
+    return run_locked(self, f"tune:{job_id}:{trial_id}", work, job_id)
+
+
+def after_trial(storage, jobs: JobStore, job_id: str, round_: int):
+    """Record progress; the one task that claims a finished round advances the search or finishes the job."""
+    from worker import tuning
+
+    spec = tuning.load_spec(storage, job_id)
+    results = tuning.results(storage, job_id)
+    best = max((r["val_accuracy"] for r in results), default=None)
+    jobs.update(job_id, progress={"round": round_, "trials_done": len(results),
+                                  "trials_total": sum(n for n, _ in tuning.plan(spec)), "best_val_accuracy": best})
+    if not tuning.round_done(storage, job_id, round_):
+        return
+    if not jobs.r.set(f"signq:tune:{job_id}:round:{round_}:advance", 1, nx=True, ex=30 * 24 * 3600):
+        return
+    trials = tuning.advance(storage, job_id, round_)
+    if trials:
+        enqueue_trials(job_id, trials)
+        return
+    best = tuning.write_best(storage, job_id)
+    jobs.set_state(job_id, "done", result={"location": tuning.tune_dir(storage, job_id), "best": best})
