@@ -1,0 +1,97 @@
+"""Ingestion tasks, kept thin: parse the message, call plain functions, map errors to retry or fail.
+
+    signq.ingest.chunk(msg)      one chunk -> chunk shard + rejects + .done marker; may trigger finalize
+    signq.ingest.finalize(job)   exactly once per job (claim in Redis + idempotent, atomic writes)
+    signq.ingest.scan()          celery beat: ingest new manifests in watched locations (worker.schedule)
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+from celery.signals import worker_process_init
+
+from signq.errors import TransientError
+from signq.jobs import JobStore, connect
+from signq.storage import Storage
+from worker import finalizer, writer
+from worker.app import app
+from worker.ingest import JobView, process_chunk
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _warm_up(**_):
+    """Pay the matplotlib import once per child, not inside the first job's finalize."""
+    from worker import report  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+@functools.lru_cache(maxsize=1)
+def context():
+    s = app.signq_settings
+    return s, Storage(s.storage), JobStore(connect(app.conf.broker_url))
+
+
+@functools.lru_cache(maxsize=64)
+def job_view(job_id: str) -> JobView:
+    return JobView.from_spec(job_id, context()[2].spec(job_id))
+
+
+@app.task(name="signq.ingest.chunk", bind=True, max_retries=5)
+def ingest_chunk(self, msg: dict) -> dict:
+    settings, storage, jobs = context()
+    job_id, idx = msg["job"], msg["idx"]
+    stats = writer.read_done(storage, job_id, idx)
+    if stats is None:
+        if jobs.raw(job_id).get("state") == "failed":
+            return {"skipped": "job failed"}
+        jobs.start(job_id)
+        jobs.chunk_running(job_id, idx, os.getpid())
+        t0 = time.perf_counter()
+        try:
+            out = process_chunk(msg, job_view(job_id), storage, settings.fetch)
+            stats = writer.write_chunk(storage, job_id, idx, out, writer.chunk_stats(out, time.perf_counter() - t0))
+        except (TransientError, OSError) as e:
+            raise self.retry(exc=e, countdown=min(60, 2 ** self.request.retries))
+        except Exception as e:
+            jobs.fail(job_id, f"chunk {idx} ({msg['source']}): {type(e).__name__}: {e}")
+            raise
+        log.info("chunk job=%s idx=%d records=%d ok=%d rejected=%d in %.3fs", job_id, idx, stats["records"],
+                 stats["ok"], stats["rejected"], stats["seconds"])
+    if jobs.chunk_done(job_id, idx, stats):
+        enqueue_finalize(job_id)
+    return stats
+
+
+def enqueue_finalize(job_id: str):
+    finalize.apply_async(args=[job_id])
+
+
+@app.task(name="signq.ingest.finalize", bind=True, max_retries=5)
+def finalize(self, job_id: str) -> dict:
+    settings, storage, jobs = context()
+    if not jobs.claim_finalize(job_id, self.request.id):
+        return {"skipped": "another finalize owns this job"}
+    raw = jobs.raw(job_id)
+    if raw.get("state") in ("done", "failed"):
+        return {"skipped": f"job already {raw['state']}"}
+    jobs.set_state(job_id, "finalizing")
+    spec = jobs.spec(job_id)
+    try:
+        result = finalizer.finalize(storage, job_id, spec, int(raw["chunks_total"]), float(raw["created"]))
+    except (TransientError, OSError) as e:
+        raise self.retry(exc=e, countdown=min(60, 2 ** self.request.retries))
+    except Exception as e:
+        jobs.fail(job_id, f"finalize: {type(e).__name__}: {e}")
+        raise
+    jobs.set_state(job_id, "done", result=result)
+    for then in spec.get("then", []):
+        app.send_task(then["task"], args=[then["job_id"]])
+    return {"location": result["location"]}
