@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from signq.errors import ManifestError
 from signq.jobs import JobStore
 from signq.settings import Settings
-from signq.storage import Storage
+from signq.storage import Storage, check_name
 from producer.readers import open_source, source_name
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def submit(app, jobs: JobStore, storage: Storage, settings: Settings, sub: Submi
 
     A manifest error marks the job failed and is re-raised (chunks already queued are skipped by workers).
     """
+    check_name(sub.dataset, "dataset name")
     readers = [open_source(s, sub.fmt) for s in sub.sources]   # fail fast on missing files / unknown formats
     job_id = jobs.create(sub.kind, job_spec(sub, settings), job_id)
     task = CHUNK_TASK[sub.kind]

@@ -71,7 +71,7 @@ class Collector:
             rank = {p: i for i, p in enumerate(order)}
             perm = sorted(range(len(positions)), key=lambda i: rank[positions[i]])
             images, labels, positions = images[perm], labels[perm], [positions[i] for i in perm]
-        flat = images.reshape(len(images), -1)
+        flat = images.reshape(len(images), h * w * c)
         blank = flat.min(axis=1) == flat.max(axis=1) if len(flat) else np.zeros(0, bool)
         keep = ~blank
         hashes = [image_hash(img) for img in images]
