@@ -56,6 +56,7 @@ class Settings:
     chunk_size: int = 2000              # records per chunk job
     visibility_timeout: int = 6 * 3600  # seconds; longer than any task (training included)
     result_interval: float = 0.05       # seconds between polls while waiting on a job
+    schedule: str | None = None         # TOML file of [[watch]] entries for celery beat
     classes: ClassSet = field(default_factory=lambda: ClassSet.parse("letters24"))
     image: ImageSpec = field(default_factory=ImageSpec)
     fetch: FetchSettings = field(default_factory=FetchSettings)
@@ -92,6 +93,7 @@ class Settings:
             chunk_size=_int(get, "CHUNK_SIZE", 2000),
             visibility_timeout=_int(get, "VISIBILITY_TIMEOUT", 6 * 3600),
             result_interval=_float(get, "RESULT_INTERVAL", 0.05),
+            schedule=get("SCHEDULE") or None,
             classes=ClassSet.parse(get("CLASSES", "letters24")),
             image=image,
             fetch=fetch,

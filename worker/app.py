@@ -16,7 +16,7 @@ from signq.settings import Settings
 
 DEFAULT_WORKER_BROKER = "redis://127.0.0.1:6379/0"
 INGEST_QUEUE, MODEL_QUEUE = "ingest", "model"
-TASK_MODULES = ("worker.tasks", "worker.model_tasks", "worker.predict_tasks", "worker.schedule")
+TASK_MODULES = ("worker.tasks", "worker.model_tasks", "worker.predict_tasks")
 
 
 def make_app(settings: Settings) -> Celery:
@@ -36,6 +36,10 @@ def make_app(settings: Settings) -> Celery:
         task_routes={"signq.model.*": {"queue": MODEL_QUEUE}, "signq.ingest.*": {"queue": INGEST_QUEUE}},
         worker_hijack_root_logger=False, worker_redirect_stdouts=False,
     )
+    if settings.schedule:
+        from worker.schedule import beat_schedule
+
+        app.conf.beat_schedule = beat_schedule(settings.schedule)
     app.signq_settings = settings
     return app
 

@@ -70,6 +70,20 @@ def ingest_chunk(self, msg: dict) -> dict:
     return stats
 
 
+@app.task(name="signq.ingest.scan")
+def scan(watch: dict) -> list[dict]:
+    from producer.submit import Submission, submit
+    from worker.schedule import scan as scan_watch
+
+    settings, storage, jobs = context()
+
+    def submit_one(url):
+        sub = Submission(sources=[url], dataset=watch["dataset"], fmt=watch.get("format"))
+        return submit(app, jobs, storage, settings, sub)
+
+    return scan_watch(watch, jobs.r, submit_one)
+
+
 def enqueue_finalize(job_id: str):
     finalize.apply_async(args=[job_id])
 
