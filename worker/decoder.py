@@ -1,11 +1,14 @@
 """Bytes -> H x W x C uint8, for any common format and mode.
 
-OpenCV first (fast: ~6 us for a 28x28 JPEG; applies EXIF orientation; refuses oversized headers), Pillow as
-the fallback for what OpenCV cannot read and to name the failure (truncated, bomb, unidentified).
+OpenCV first (fast: ~6 us for a 28x28 JPEG; applies JPEG EXIF orientation), Pillow as the fallback for what
+OpenCV cannot read, for PNGs carrying EXIF (OpenCV ignores their orientation), and to name the failure
+(truncated, bomb, unidentified). The pixel count is checked from the header before anything is decoded:
+more than ``max_pixels`` is ``too_large``, more than twice that (Pillow's rule) a ``decompression_bomb``.
 """
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import cv2
@@ -26,6 +29,8 @@ _MAGIC = (
     (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"P5", "pnm"), (b"P6", "pnm"),
     (b"P2", "pnm"), (b"P3", "pnm"),
 )
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PNG_EXIF = (b"eXIf", b"Raw profile type exif")   # the eXIf chunk, or ImageMagick's text chunk
 
 
 def sniff(data: bytes) -> str | None:
@@ -44,12 +49,53 @@ def decode(data: bytes, spec: ImageSpec) -> np.ndarray:
     fmt = sniff(data)
     if fmt is None:
         raise BadRecord("not_image", f"unknown signature {data[:8]!r}")
-    img = _decode_cv2(data, spec.channels)
+    size = header_size(data, fmt)
+    if size is not None:
+        check_pixels(*size, spec)
+    png_exif = fmt == "png" and any(tag in data for tag in _PNG_EXIF)
+    img = None if png_exif else _decode_cv2(data, spec.channels)
     if img is None:
         img = _decode_pillow(data, spec)
-    elif img.shape[0] * img.shape[1] > spec.max_pixels:
-        raise BadRecord("too_large", f"{img.shape[1]}x{img.shape[0]} pixels > {spec.max_pixels}")
     return fit(img, spec)
+
+
+def check_pixels(width: int, height: int, spec: ImageSpec):
+    n = width * height
+    if n > 2 * spec.max_pixels:
+        raise BadRecord("decompression_bomb", f"{width}x{height} pixels > 2 x {spec.max_pixels}")
+    if n > spec.max_pixels:
+        raise BadRecord("too_large", f"{width}x{height} pixels > {spec.max_pixels}")
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read from the header without decoding, or None when the header cannot tell."""
+    if fmt == "png":
+        return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" else None
+    if fmt == "jpeg":
+        return _jpeg_size(data)
+    try:  # Pillow's lazy open reads only the header (Pillow's own process-wide limit stays as it is)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data)).size
+    except Image.DecompressionBombError as e:
+        raise BadRecord("decompression_bomb", str(e)[:200]) from None
+    except Exception:  # noqa: BLE001 - the decoders below name the failure
+        return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG markers to the first SOF segment (skipping junk bytes as libjpeg does)."""
+    i = 2
+    while (i := data.find(b"\xff", i)) != -1 and i + 9 <= len(data):
+        marker = data[i + 1]
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        if marker in (0x00, 0x01, 0xFF) or 0xD0 <= marker <= 0xD9:
+            i += 1 if marker == 0xFF else 2
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
 
 
 def _decode_cv2(data: bytes, channels: int):
@@ -64,14 +110,15 @@ def _decode_cv2(data: bytes, channels: int):
 
 
 def _decode_pillow(data: bytes, spec: ImageSpec) -> np.ndarray:
-    Image.MAX_IMAGE_PIXELS = spec.max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             im.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise BadRecord("decompression_bomb", str(e)[:200]) from None
+    except Image.DecompressionBombWarning as e:
+        raise BadRecord("too_large", str(e)[:200]) from None
     except UnidentifiedImageError as e:
         raise BadRecord("undecodable", str(e)[:200]) from None
     except ValueError as e:   # e.g. "Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK"
@@ -80,10 +127,13 @@ def _decode_pillow(data: bytes, spec: ImageSpec) -> np.ndarray:
     except (OSError, SyntaxError, EOFError) as e:
         reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
         raise BadRecord(reason, str(e)[:200]) from None
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: keep the pixels as stored
+        pass
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):   # 16-bit -> 8-bit by the high byte, as OpenCV does
+        arr = np.asarray(im, dtype=np.int64)
+        im = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8))
     return np.asarray(im.convert("L" if spec.channels == 1 else "RGB"))
 
 
