@@ -84,8 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--chunk-size", type=int, help="records per chunk job (default $SIGNQ_CHUNK_SIZE or 2000)")
     ingest.add_argument("--classes", help="class set: letters24 (default), digits, or 'a,b,c'")
     ingest.add_argument("--concurrency", type=int, help="embedded worker processes (default 2)")
-    ingest.add_argument("--then", choices=("train",), help="start this job on the dataset once ingestion is done")
-    ingest.add_argument("--model", help="with --then train: the model name (default: the dataset name)")
+    ingest.add_argument("--then", choices=("train",), help="train a model on the dataset once ingestion is done "
+                        "(training flags below apply)")
+    try:
+        from signq.cli_model import add_train_options
+
+        add_train_options(ingest.add_argument_group("with --then train"))
+    except ImportError:
+        pass
 
     s = sub.add_parser("submit", parents=[ingest], help="split sources into chunk jobs and enqueue them",
                        description="Enqueue an ingestion job and print its id (needs SIGNQ_BROKER_URL and running "

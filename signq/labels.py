@@ -42,6 +42,15 @@ class ClassSet:
             raise ConfigError(f"A class set needs at least two classes: 'letters24', 'digits' or 'a,b,...'. Received: {spec!r}")
         return cls(names, tuple(range(len(names))))
 
+    @classmethod
+    def from_names(cls, names) -> "ClassSet":
+        """The class set of a model's class names: the named sets keep their codes, others count from 0."""
+        for spec in ("letters24", "digits"):
+            known = cls.parse(spec)
+            if tuple(names) == known.names:
+                return known
+        return cls(tuple(names), tuple(range(len(names))))
+
     def to_json(self) -> dict:
         return {"names": list(self.names), "codes": list(self.codes)}
 

@@ -46,8 +46,9 @@ class ChunkOutput:
 
 
 class Collector:
-    def __init__(self, source: str, spec: ImageSpec):
+    def __init__(self, source: str, spec: ImageSpec, hygiene: bool = True):
         self.source, self.spec = source, spec
+        self.hygiene = hygiene      # False for prediction: blank and duplicate images are still predicted
         self.blocks: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         self.rejects: list[Reject] = []
 
@@ -73,13 +74,15 @@ class Collector:
             images, labels, positions = images[perm], labels[perm], [positions[i] for i in perm]
         flat = images.reshape(len(images), h * w * c)
         blank = flat.min(axis=1) == flat.max(axis=1) if len(flat) else np.zeros(0, bool)
+        if not self.hygiene:
+            blank = np.zeros(len(flat), bool)
         keep = ~blank
         hashes = [image_hash(img) for img in images]
         first: dict[bytes, str] = {}
         for i, hsh in enumerate(hashes):
             if blank[i]:
                 self.reject(positions[i], "blank", f"every pixel is {int(flat[i, 0])}")
-            elif hsh in first:
+            elif hsh in first and self.hygiene:
                 keep[i] = False
                 self.reject(positions[i], "duplicate", f"same pixels as {self.source}:{first[hsh]}")
             else:

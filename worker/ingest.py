@@ -31,14 +31,15 @@ class JobView:
     job_id: str
     classes: ClassSet
     image: ImageSpec
+    predict: bool = False     # labels optional, blank/duplicate images kept (every record gets a prediction)
 
     @classmethod
     def from_spec(cls, job_id: str, spec: dict) -> "JobView":
-        return cls(job_id, ClassSet.from_json(spec["classes"]), ImageSpec(**spec["image"]))
+        return cls(job_id, ClassSet.from_json(spec["classes"]), ImageSpec(**spec["image"]), "model" in spec)
 
 
 def process_chunk(msg: dict, job: JobView, storage: Storage, fetch: FetchSettings) -> ChunkOutput:
-    out = Collector(msg["source"], job.image)
+    out = Collector(msg["source"], job.image, hygiene=not job.predict)
     kind = msg["kind"]
     if kind in ("urls", "files"):
         order = _process_refs(msg["items"], kind, job, fetch, out)
@@ -80,8 +81,10 @@ def _labelled(items, job: JobView, out: Collector):
         try:
             labels[len(todo)] = label_index(label, job.classes)
         except BadRecord as e:
-            out.bad(position, e)
-            continue
+            if not job.predict:
+                out.bad(position, e)
+                continue
+            labels[len(todo)] = -1          # prediction needs no label
         positions[len(todo)] = position
         todo.append(ref)
     return todo, labels, positions

@@ -16,7 +16,7 @@ from celery.signals import worker_process_init
 from signq.errors import TransientError
 from signq.jobs import JobStore, connect
 from signq.storage import Storage
-from worker import finalizer, writer
+from worker import finalizer, predictions, writer
 from worker.app import app
 from worker.ingest import JobView, process_chunk
 
@@ -99,7 +99,10 @@ def finalize(self, job_id: str) -> dict:
     jobs.set_state(job_id, "finalizing")
     spec = jobs.spec(job_id)
     try:
-        result = finalizer.finalize(storage, job_id, spec, int(raw["chunks_total"]), float(raw["created"]))
+        if raw.get("kind") == "predict":
+            result = predictions.finalize(storage, job_id, int(raw["chunks_total"]))
+        else:
+            result = finalizer.finalize(storage, job_id, spec, int(raw["chunks_total"]), float(raw["created"]))
     except (TransientError, OSError) as e:
         raise self.retry(exc=e, countdown=min(60, 2 ** self.request.retries))
     except Exception as e:
