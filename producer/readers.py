@@ -73,6 +73,9 @@ def _sniff_json(source: str) -> str:
 
 def open_source(source: str, fmt: str | None = None):
     fmt = fmt or detect_format(source)
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise ManifestError(source, None, "no such file or folder")
     readers = {"urls": UrlReader, "base64": Base64Reader, "csv": CsvReader, "folder": FolderReader, "npz": NpzReader}
     if fmt not in readers:
         raise ManifestError(source, None, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -122,10 +125,11 @@ class Base64Reader:
             head = f.read(1)
             while head and head.isspace():
                 head = f.read(1)
-            f.seek(f.tell() - 1)
             prefix = {b"[": "item", b"{": ""}.get(head)
             if prefix is None:
-                raise ManifestError(self.source, 1, "expected a JSON object {label: base64} or an array of them")
+                raise ManifestError(self.source, 1, "expected a JSON object {label: base64} or an array of them. "
+                                    f"Received: {head!r} as the first non-blank byte")
+            f.seek(f.tell() - 1)
             try:
                 for n, (label, b64) in enumerate(ijson.kvitems(f, prefix, use_float=True)):
                     yield n, label, b64
@@ -221,7 +225,11 @@ class NpzReader:
         row = int(np.prod(shape[1:])) * dtype.itemsize
         for start in range(0, shape[0], size):
             n = min(size, shape[0] - start)
-            block = np.frombuffer(fx.read(n * row), dtype=dtype).reshape((n, *shape[1:]))
+            data = fx.read(n * row)
+            if len(data) != n * row:
+                raise ManifestError(self.source, None, f"{name}: the array ends early, at row {start + len(data) // row}"
+                                    f" of the {shape[0]} its header declares")
+            block = np.frombuffer(data, dtype=dtype).reshape((n, *shape[1:]))
             buf = io.BytesIO()
             np.savez(buf, x=block, y=labels[start:start + n])
             yield Chunk("npz", n, start, payload=buf.getvalue(), extra={"array": name})
