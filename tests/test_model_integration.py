@@ -47,8 +47,8 @@ def test_train_then_predict_every_record(client, model_worker, train_dataset, ht
     _, st = train(client, {"datasets": [train_dataset], "name": "tiny", "epochs": 2, "batch_size": 64, "seed": 1,
                            "hparams": {"arch": "cnn", "augment": False}})
     assert st["state"] == "done", st
-    version = st["result"]["model"].split(":")[1] if ":" in str(st["result"].get("model")) else None
-    assert client.storage.exists(client.storage.path("models", "tiny", "LATEST"))
+    version = st["result"]["model"].split(":")[1]
+    assert client.storage.exists(client.storage.path("models", "tiny", version, "model.keras"))
 
     rows = sign_rows(40, skip=20000)
     lines = []
@@ -61,7 +61,7 @@ def test_train_then_predict_every_record(client, model_worker, train_dataset, ht
     manifest = tmp_path / "predict.jsonl"
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     job_id = client.submit(Submission(sources=[str(manifest)], dataset="tiny", kind="predict",
-                                      extra={"model": f"tiny:{version}" if version else "tiny"}))
+                                      extra={"model": f"tiny:{version}"}))
     st = client.wait(job_id, timeout=300)
     assert st["state"] == "done", st
     out = [json.loads(x) for x in client.storage.read_bytes(st["result"]["files"]["jsonl"]).splitlines()]
@@ -90,5 +90,5 @@ def test_training_killed_mid_epoch_resumes_and_finishes(client, model_worker, tr
     st = client.wait(job_id, timeout=400)
     assert st["state"] == "done", st
     assert st["result"]["epochs_run"] == 6
-    history = client.storage.read_bytes(st["result"]["location"] + "/history.csv").decode().splitlines()
-    assert len(history) == 1 + 6                              # one row per epoch, none run twice
+    history = client.storage.read_json(st["result"]["location"] + "/history.json")
+    assert len(history["loss"]) == 6                          # one row per epoch, none run twice
