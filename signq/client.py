@@ -36,7 +36,7 @@ class Client:
             return
         from signq.embedded import EmbeddedBroker, EmbeddedWorkers
 
-        broker = EmbeddedBroker()
+        broker = EmbeddedBroker(settings.embedded_broker)
         settings = replace(settings, broker_url=broker.start())
         workers = EmbeddedWorkers(settings.to_env(), queues, settings.concurrency)
         try:

@@ -28,13 +28,19 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    def __init__(self, prefer_binary: bool = True):
-        self.prefer_binary = prefer_binary
+    def __init__(self, kind: str = "auto"):
+        if kind not in ("auto", "redis-server", "fakeredis"):
+            from signq.errors import ConfigError
+
+            raise ConfigError(f"SIGNQ_EMBEDDED_BROKER must be auto, redis-server or fakeredis. Received: {kind!r}")
+        self.kind = kind
         self.proc = self.server = None
         self.url = None
 
     def start(self) -> str:
-        binary = shutil.which("redis-server") if self.prefer_binary else None
+        binary = shutil.which("redis-server") if self.kind != "fakeredis" else None
+        if self.kind == "redis-server" and not binary:
+            raise RuntimeError("SIGNQ_EMBEDDED_BROKER=redis-server but no redis-server is on PATH")
         if binary:
             self._start_binary(binary)
         else:
@@ -102,7 +108,8 @@ class EmbeddedWorkers:
         for q in self.queues:
             n = self.concurrency if q == "ingest" else 1
             self.procs.append(subprocess.Popen(worker_command(q, n, f"{q}-{tag}"), env=env,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               start_new_session=True))
 
     def stop(self, timeout: float = 20.0):
         for p in self.procs:

@@ -57,6 +57,7 @@ class Settings:
     visibility_timeout: int = 6 * 3600  # seconds; longer than any task (training included)
     result_interval: float = 0.05       # seconds between polls while waiting on a job
     schedule: str | None = None         # TOML file of [[watch]] entries for celery beat
+    embedded_broker: str = "auto"       # auto (redis-server if on PATH, else fakeredis) | redis-server | fakeredis
     classes: ClassSet = field(default_factory=lambda: ClassSet.parse("letters24"))
     image: ImageSpec = field(default_factory=ImageSpec)
     fetch: FetchSettings = field(default_factory=FetchSettings)
@@ -94,6 +95,7 @@ class Settings:
             visibility_timeout=_int(get, "VISIBILITY_TIMEOUT", 6 * 3600),
             result_interval=_float(get, "RESULT_INTERVAL", 0.05),
             schedule=get("SCHEDULE") or None,
+            embedded_broker=get("EMBEDDED_BROKER", "auto"),
             classes=ClassSet.parse(get("CLASSES", "letters24")),
             image=image,
             fetch=fetch,
