@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
@@ -105,18 +106,16 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        import time
-
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
 
 async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
-    if resp.content_length is not None:
-        if resp.content_length > cap:
-            raise BadRecord("too_large", f"Content-Length {resp.content_length} > cap {cap}")
-        return await resp.read()
+    """The body, refused early from Content-Length and always counted as read: with Content-Encoding the
+    declared length is the compressed size, and a gzip body of a few kB can inflate to gigabytes."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise BadRecord("too_large", f"Content-Length {resp.content_length} > cap {cap}")
     parts, size = [], 0
     async for block in resp.content.iter_chunked(1 << 16):
         size += len(block)
