@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--arch", default="default")
+    p.add_argument("--cache-bytes", type=int, default=None,
+                   help="0 measures the always-streaming path (for data larger than memory)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -42,7 +44,8 @@ def main(argv=None):
     spec = training.TrainSpec.from_json({"datasets": [args.dataset], "batch_size": args.batch_size})
     idx = training.assign_split(training.index_shards(storage, spec.datasets), spec)
     n = idx.count(training.TRAIN)
-    pipeline = training.make_dataset(storage, idx, training.TRAIN, args.batch_size, seed=0)
+    cache = training.CACHE_BYTES if args.cache_bytes is None else args.cache_bytes
+    pipeline = training.make_dataset(storage, idx, training.TRAIN, args.batch_size, seed=0, cache_bytes=cache)
     x, y = in_memory(storage, idx)
 
     keras.utils.set_random_seed(0)
@@ -64,7 +67,7 @@ def main(argv=None):
     rate = {k: n * args.epochs / s for k, s in seconds.items()}
     out = {"train_rows": n, "epochs": args.epochs, "batch_size": args.batch_size, "arch": args.arch,
            "pipeline_samples_per_s": round(rate["pipeline"], 1), "in_memory_samples_per_s": round(rate["in_memory"], 1),
-           "ratio": round(rate["pipeline"] / rate["in_memory"], 3), "cpus": os.cpu_count()}
+           "ratio": round(rate["pipeline"] / rate["in_memory"], 3), "cpus": os.cpu_count(), "cache_bytes": cache}
     if args.json:
         print(json.dumps(out))
     else:

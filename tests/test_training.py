@@ -145,3 +145,15 @@ def test_sigkilled_training_resumes_from_last_epoch(store, tmp_path):
     epochs = [p["epoch"] for p in lines[:-1] if p.get("batch") == p.get("steps")]
     assert epochs[0] == done_before + 1 and epochs[-1] == 4     # resumed, not restarted
     assert lines[-1]["model"].startswith("resumed:")
+
+
+@pytest.mark.parametrize("cache_bytes", [0, training.CACHE_BYTES])
+def test_make_dataset_streams_or_caches_the_same_rows(store, cache_bytes):
+    spec = TrainSpec.from_json({"datasets": ["mini"]})
+    idx = training.assign_split(training.index_shards(store, spec.datasets), spec)
+    data = training.make_dataset(store, idx, TRAIN, 32, seed=1, pool_rows=100, cache_bytes=cache_bytes)
+    for _ in range(2):                                             # two epochs: same rows, new order
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in data])
+        assert xs[0].dtype == np.float32 and sum(len(y) for y in ys) == idx.count(TRAIN)
+        want = np.bincount(np.concatenate([lab[c == TRAIN] for lab, c in zip(idx.labels, idx.codes)]), minlength=24)
+        assert np.bincount(np.concatenate(ys), minlength=24).tolist() == want.tolist()

@@ -221,19 +221,35 @@ def _batches(x, y, batch_size):
         yield x[a:a + batch_size], y[a:a + batch_size]
 
 
+CACHE_BYTES = 1 << 30     # splits smaller than this are cached in memory (uint8) after the first epoch
+
+
 def make_dataset(storage, idx: ShardIndex, which: int, batch_size: int, seed: int | None = None,
-                 pool_rows: int = 20000) -> tf.data.Dataset:
-    """A tf.data pipeline over one split: shards streamed by a generator, float32 images, prefetched."""
+                 pool_rows: int = 20000, cache_bytes: int = CACHE_BYTES) -> tf.data.Dataset:
+    """A tf.data pipeline over one split: shards streamed by a generator, float32 images, prefetched.
+
+    A split that fits in ``cache_bytes`` streams from the shards once, then epochs come from an in-memory
+    uint8 cache, reshuffled each epoch inside tf.data (no Python in the loop). A larger split is streamed
+    every epoch, shuffled within a pool of ``pool_rows`` rows, so memory stays bounded.
+    """
     rng = np.random.default_rng(seed) if seed is not None else None
     h, w, c = idx.image_shape
+    rows = idx.count(which)
+    cached = rows * h * w * c <= cache_bytes
 
     def gen():
-        yield from iter_batches(storage.load_npz, idx.paths, idx.codes, which, batch_size, rng, pool_rows)
+        chunk = rows if cached else batch_size      # cached: shard-sized pieces, shuffled later by tf.data
+        yield from iter_batches(storage.load_npz, idx.paths, idx.codes, which, chunk if cached else batch_size,
+                                None if cached else rng, pool_rows)
 
     data = tf.data.Dataset.from_generator(gen, output_signature=(
         tf.TensorSpec((None, h, w, c), tf.uint8), tf.TensorSpec((None,), tf.int32)))
-    steps = -(-idx.count(which) // batch_size)
-    data = data.apply(tf.data.experimental.assert_cardinality(steps))
+    if cached:
+        data = data.unbatch().cache()
+        if seed is not None:
+            data = data.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+        data = data.batch(batch_size)
+    data = data.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
     data = data.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
 
