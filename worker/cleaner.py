@@ -110,9 +110,33 @@ def parse_csv(data: bytes, start_line: int, spec: ImageSpec, classes: ClassSet, 
         lines.append(line)
     if not lines:
         return
-    df = pd.read_csv(io.BytesIO(b"\n".join(lines)), header=None,
+    joined = b"\n".join(lines)
+    try:   # fast path (numpy's C parser, ~4x pandas): every field an integer
+        table = np.loadtxt(io.BytesIO(joined), delimiter=",", dtype=np.int64, ndmin=2, comments=None)
+    except ValueError:
+        table = None
+    if table is not None:
+        _check_ints(table, good, classes, out)
+        return
+    df = pd.read_csv(io.BytesIO(joined), header=None,
                      keep_default_na=False, na_values=[""], low_memory=False)
     _check_rows(df, good, spec, classes, out)
+
+
+def _check_ints(table: np.ndarray, linenos: list[int], classes: ClassSet, out: Collector):
+    values = table[:, 1:]
+    bad = (values < 0) | (values > 255)
+    ok = ~bad.any(axis=1)
+    for r in np.flatnonzero(~ok):
+        col = int(np.flatnonzero(bad[r])[0])
+        out.reject(linenos[r], "csv_out_of_range", f"pixel{col + 1}={int(values[r, col])}")
+    table_codes = classes.code_lookup()
+    codes = table[:, 0]
+    idx = np.where((codes >= 0) & (codes < len(table_codes)), table_codes[np.clip(codes, 0, len(table_codes) - 1)], -1)
+    for r in np.flatnonzero(ok & (idx < 0)):
+        out.reject(linenos[r], "label_unknown", f"label {int(codes[r])!r}")
+    rows = np.flatnonzero(ok & (idx >= 0))
+    out.add_many(values[rows].astype(np.uint8), idx[rows], [linenos[r] for r in rows])
 
 
 def _check_rows(df: pd.DataFrame, linenos: list[int], spec: ImageSpec, classes: ClassSet, out: Collector):
