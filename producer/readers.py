@@ -10,6 +10,7 @@ import io
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -32,6 +33,21 @@ class Chunk:
     items: list | None = None      # urls: [position, url, label]; files: [position, uri, label]
     payload: bytes | None = None   # base64: JSON lines; csv: raw lines; npz: an npz archive
     extra: dict = field(default_factory=dict)
+
+
+@contextmanager
+def open_bytes(source: str):
+    """A binary stream of a source, gunzipped when it ends in .gz (isal's igzip: ~4x the stdlib's speed)."""
+    with fsspec.open(source, "rb") as raw:
+        if not source.lower().endswith(".gz"):
+            yield raw
+            return
+        try:
+            from isal.igzip import IGzipFile as GzipFile
+        except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+            from gzip import GzipFile
+        with GzipFile(fileobj=raw, mode="rb") as f:
+            yield f
 
 
 def source_name(source: str) -> str:
@@ -152,16 +168,32 @@ class CsvReader:
         self.source = source
 
     def chunks(self, size):
-        with fsspec.open(self.source, "rb", compression="infer") as f:
+        with open_bytes(self.source) as f:
             header = f.readline()
             fields = header.strip().split(b",")
             if not fields or fields[0].strip().strip(b'"').lower() != b"label":
                 raise ManifestError(self.source, 1, "expected a header 'label,pixel1,...,pixelN'. "
                                     f"Received: {header[:60]!r}")
             line = 2
-            while block := list(islice(f, size)):
-                yield Chunk("csv", len(block), line, payload=b"".join(block), extra={"columns": len(fields)})
-                line += len(block)
+            for block, n in line_blocks(f, size):
+                yield Chunk("csv", n, line, payload=block, extra={"columns": len(fields)})
+                line += n
+
+
+def line_blocks(f, size: int, read_size: int = 1 << 20):
+    """Yield ``(bytes, lines)`` blocks of ``size`` whole lines, reading 1 MB at a time (no per-line Python)."""
+    parts, lines = [], 0
+    while data := f.read(read_size):
+        parts.append(data)
+        lines += data.count(b"\n")
+        while lines >= size:
+            buf = b"".join(parts)
+            cut = int(np.flatnonzero(np.frombuffer(buf, np.uint8) == 10)[size - 1]) + 1
+            yield buf[:cut], size
+            parts, lines = [buf[cut:]], lines - size
+    tail = b"".join(parts)
+    if tail.strip():
+        yield tail, tail.count(b"\n") + (not tail.endswith(b"\n"))
 
 
 class FolderReader:

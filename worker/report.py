@@ -21,8 +21,8 @@ def class_balance_png(names: list[str], counts: list[int], title: str) -> bytes:
     for b, c in zip(bars, counts):
         if c == 0:
             b.set_color("#c44e52")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.12, top=0.9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return buf.getvalue()
