@@ -53,10 +53,11 @@ def write_manifest(path, urls, labels) -> Path:
 class ImageServer:
     """Starts ``processes`` server processes (sharing one port with SO_REUSEPORT) on enter, stops them on exit."""
 
-    def __init__(self, n: int = 1000, repeat: int = 1, processes: int = 1, quality: int = 95):
+    def __init__(self, n: int = 1000, repeat: int = 1, processes: int = 1, quality: int = 95, lean: bool = False):
         if repeat < 1 or processes < 1:
             raise ValueError(f"repeat and processes must be >= 1. Received: repeat={repeat}, processes={processes}")
         self.n, self.repeat, self.processes, self.quality = n, repeat, processes, quality
+        self.lean = lean   # a bare asyncio HTTP/1.1 keep-alive responder instead of aiohttp.web (less CPU)
         self.port: int | None = None
         self.urls: list[str] = []
         self.labels: list[str] = []
@@ -91,7 +92,7 @@ class ImageServer:
 
     def _spawn(self, port: int) -> dict:
         cmd = [sys.executable, __file__, "--serve", "--n", str(self.n), "--repeat", str(self.repeat),
-               "--quality", str(self.quality), "--port", str(port)]
+               "--quality", str(self.quality), "--port", str(port)] + (["--lean"] if self.lean else [])
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._procs.append(proc)
         line = proc.stdout.readline()  # the child prints one JSON line once it listens (or exits)
@@ -101,6 +102,46 @@ class ImageServer:
 
 
 # -- the child process ---------------------------------------------------------------------------------------
+def _serve_lean(n: int, repeat: int, quality: int, port: int) -> None:
+    """Prebuilt responses written by an asyncio.Protocol: what a static file server costs, not a web framework.
+
+    Loopback benchmarks share 2 cores between server and clients; remote image hosts cost the client nothing,
+    so the leaner the server, the closer the figure is to ingesting from the network."""
+    jpegs, labels = build_images(n, quality)
+    total = n * repeat
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j) + j
+                 for j in jpegs]
+    not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+    class Handler(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.buf = transport, b""
+
+        def data_received(self, data):
+            self.buf += data
+            out = []
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                path = self.buf[:end].split(b" ", 2)[1]
+                self.buf = self.buf[end + 4:]
+                try:
+                    k = int(path[3:-4]) if path.startswith(b"/i/") and path.endswith(b".jpg") else -1
+                except ValueError:
+                    k = -1
+                out.append(responses[k % n] if 0 <= k < total else not_found)
+            if out:
+                self.transport.write(b"".join(out))
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Handler, "127.0.0.1", port, reuse_port=True,
+                                                                backlog=1024)
+        sys.stdout.write(json.dumps({"port": server.sockets[0].getsockname()[1], "labels": labels}) + "\n")
+        sys.stdout.flush()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    asyncio.run(main())
+
+
 def _serve(n: int, repeat: int, quality: int, port: int) -> None:
     from aiohttp import web
 
@@ -165,11 +206,12 @@ def main(argv=None) -> None:
     p.add_argument("--requests", type=int, default=30_000)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--manifest", help="also write the JSON Lines manifest here")
+    p.add_argument("--lean", action="store_true", help="serve with a bare asyncio protocol instead of aiohttp.web")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        return _serve(args.n, args.repeat, args.quality, args.port)
+        return (_serve_lean if args.lean else _serve)(args.n, args.repeat, args.quality, args.port)
     t0 = time.perf_counter()
     with ImageServer(args.n, args.repeat, args.processes, args.quality) as srv:
         print(f"server up with {len(srv.urls)} URLs in {time.perf_counter() - t0:.1f} s (port {srv.port})")

@@ -104,7 +104,7 @@ def main(argv=None):
     from signq.settings import Settings
 
     results = {}
-    with tempfile.TemporaryDirectory() as d, ImageServer(N) as srv:
+    with tempfile.TemporaryDirectory() as d, ImageServer(N, lean=True) as srv:
         tmp = Path(d)
         manifest = srv.write_manifest(tmp / "urls.jsonl")
         results["course_requests_images_per_s"] = round(course_way(srv.urls[:args.course_sample]))

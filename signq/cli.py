@@ -21,7 +21,7 @@ environment:
   SIGNQ_BROKER_URL   redis://host:6379/0 to use Redis and the workers attached to it; unset = embedded default
                      (a private broker and worker processes started by the command itself)
   SIGNQ_STORAGE      shared storage root, a path or fsspec URL (default ./signq-data)
-  SIGNQ_CONCURRENCY  worker processes (default 2); SIGNQ_CHUNK_SIZE records per chunk (default 2000)
+  SIGNQ_CONCURRENCY  worker processes (default 2); SIGNQ_CHUNK_SIZE records per chunk (default 4000)
   SIGNQ_CLASSES      letters24 (default: A-Y without J, Z), digits, or a comma-separated list
   more: SIGNQ_CONNECT_TIMEOUT, SIGNQ_READ_TIMEOUT, SIGNQ_RETRIES, SIGNQ_MAX_BODY_BYTES, SIGNQ_DENY_NETWORKS,
         SIGNQ_ALLOW_NETWORKS, SIGNQ_IMAGE_HEIGHT/WIDTH/CHANNELS (see README)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--format", dest="fmt", choices=("urls", "base64", "csv", "folder", "npz"),
                         help="override format detection")
     ingest.add_argument("--dataset", default="dataset", help="dataset name (default: dataset)")
-    ingest.add_argument("--chunk-size", type=int, help="records per chunk job (default $SIGNQ_CHUNK_SIZE or 2000)")
+    ingest.add_argument("--chunk-size", type=int, help="records per chunk job (default $SIGNQ_CHUNK_SIZE or 4000)")
     ingest.add_argument("--classes", help="class set: letters24 (default), digits, or 'a,b,c'")
     ingest.add_argument("--concurrency", type=int, help="embedded worker processes (default 2)")
     ingest.add_argument("--then", choices=("train",), help="train a model on the dataset once ingestion is done "
