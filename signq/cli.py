@@ -21,7 +21,8 @@ environment:
   SIGNQ_BROKER_URL   redis://host:6379/0 to use Redis and the workers attached to it; unset = embedded default
                      (a private broker and worker processes started by the command itself)
   SIGNQ_STORAGE      shared storage root, a path or fsspec URL (default ./signq-data)
-  SIGNQ_CONCURRENCY  worker processes (default 2); SIGNQ_CHUNK_SIZE records per chunk (default 4000)
+  SIGNQ_CONCURRENCY  ingest worker processes (default 2), SIGNQ_MODEL_CONCURRENCY model-queue ones (default 1)
+  SIGNQ_CHUNK_SIZE records per chunk (default 4000)
   SIGNQ_CLASSES      letters24 (default: A-Y without J, Z), digits, or a comma-separated list
   more: SIGNQ_CONNECT_TIMEOUT, SIGNQ_READ_TIMEOUT, SIGNQ_RETRIES, SIGNQ_MAX_BODY_BYTES, SIGNQ_DENY_NETWORKS,
         SIGNQ_ALLOW_NETWORKS, SIGNQ_IMAGE_HEIGHT/WIDTH/CHANNELS (see README)
@@ -290,7 +291,7 @@ def cmd_worker(args) -> int:
     from signq.embedded import worker_command
 
     settings = Settings.from_env()
-    n = args.concurrency or (settings.concurrency if args.queues == "ingest" else 1)
+    n = args.concurrency or (settings.concurrency if args.queues == "ingest" else settings.model_concurrency)
     cmd = worker_command(args.queues, n, f"{args.queues.replace(',', '-')}-{os.getpid()}", args.loglevel)
     os.execvp(cmd[0], cmd)
 

@@ -38,7 +38,7 @@ class Client:
 
         broker = EmbeddedBroker(settings.embedded_broker)
         settings = replace(settings, broker_url=broker.start())
-        workers = EmbeddedWorkers(settings.to_env(), queues, settings.concurrency)
+        workers = EmbeddedWorkers(settings.to_env(), queues, settings.concurrency, settings.model_concurrency)
         try:
             workers.start()
             yield cls(settings)

@@ -98,15 +98,15 @@ def worker_command(queues: str, concurrency: int, name: str, loglevel: str = "WA
 class EmbeddedWorkers:
     """Worker processes for the given queues: ingest (prefork, N children) and model (prefork, 1 child)."""
 
-    def __init__(self, env: dict, queues=("ingest",), concurrency: int = 2):
-        self.env, self.queues, self.concurrency = env, queues, concurrency
+    def __init__(self, env: dict, queues=("ingest",), concurrency: int = 2, model_concurrency: int = 1):
+        self.env, self.queues, self.concurrency, self.model_concurrency = env, queues, concurrency, model_concurrency
         self.procs: list[subprocess.Popen] = []
 
     def start(self):
         env = {**os.environ, **self.env}
         tag = f"embedded-{os.getpid()}"
         for q in self.queues:
-            n = self.concurrency if q == "ingest" else 1
+            n = self.concurrency if q == "ingest" else self.model_concurrency
             self.procs.append(subprocess.Popen(worker_command(q, n, f"{q}-{tag}"), env=env,
                                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                start_new_session=True))

@@ -53,6 +53,7 @@ class Settings:
     broker_url: str | None = None       # None: the embedded default (see signq.embedded)
     storage: str = DEFAULT_STORAGE      # local path or fsspec URL, shared by producer and workers
     concurrency: int = 2                # worker processes for `signq worker` / embedded workers
+    model_concurrency: int = 1          # model-queue processes (each imports TensorFlow: ~0.6 GB)
     chunk_size: int = 4000              # records per chunk job (bench/ingest: 4000 beats 1000-2000 on URLs)
     visibility_timeout: int = 6 * 3600  # seconds; longer than any task (training included)
     result_interval: float = 0.05       # seconds between polls while waiting on a job
@@ -91,6 +92,7 @@ class Settings:
             broker_url=get("BROKER_URL") or None,
             storage=get("STORAGE", DEFAULT_STORAGE),
             concurrency=_int(get, "CONCURRENCY", 2),
+            model_concurrency=_int(get, "MODEL_CONCURRENCY", 1),
             chunk_size=_int(get, "CHUNK_SIZE", 4000),
             visibility_timeout=_int(get, "VISIBILITY_TIMEOUT", 6 * 3600),
             result_interval=_float(get, "RESULT_INTERVAL", 0.05),
