@@ -213,6 +213,10 @@ def format_status(st: dict) -> str:
         lines.append(f"    {reason:20s} {n}")
     if st.get("progress"):
         lines.append("  progress  " + ", ".join(f"{k}={v}" for k, v in st["progress"].items()))
+    result = st.get("result") or {}
+    for key in ("model", "test_accuracy", "val_accuracy", "dataset"):
+        if result.get(key) is not None:
+            lines.append(f"  {key:9s} {result[key]}")
     if st.get("location"):
         lines.append(f"  location  {st['location']}")
     if st.get("error"):

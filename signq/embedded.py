@@ -103,7 +103,8 @@ class EmbeddedWorkers:
         self.procs: list[subprocess.Popen] = []
 
     def start(self):
-        env = {**os.environ, **self.env}
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore:You're running the worker with superuser:UserWarning",
+               **os.environ, **self.env}
         tag = f"embedded-{os.getpid()}"
         for q in self.queues:
             n = self.concurrency if q == "ingest" else self.model_concurrency
