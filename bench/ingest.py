@@ -15,8 +15,6 @@ import argparse
 import base64
 import io
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile

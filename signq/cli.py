@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from signq.errors import ConfigError, DatasetNotFound, JobNotFound, ManifestError, StorageKeyError
+from signq.errors import ConfigError, DatasetNotFound, JobNotFound, ManifestError, ModelNotFound, StorageKeyError
 from signq.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT = 0, 1, 2, 3, 4
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ManifestError, ConfigError, StorageKeyError, ValueError) as e:
         return fail(args, EXIT_USAGE, f"error: {e}")
-    except (JobNotFound, DatasetNotFound, FileNotFoundError) as e:
+    except (JobNotFound, DatasetNotFound, ModelNotFound, FileNotFoundError) as e:
         return fail(args, EXIT_NOT_FOUND, f"error: {e}")
     except TimeoutError as e:
         return fail(args, EXIT_TIMEOUT, f"error: {e}")

@@ -109,11 +109,14 @@ def _settings(args) -> Settings:
 
 
 def _submit(args, kind: str, task: str, spec: dict) -> int:
+    """Enqueue and print the job id; wait with --wait, and always on the embedded default (its workers stop
+    with this command)."""
     from signq.client import Client
 
-    with Client.open(_settings(args), queues=("model",)) as client:
+    settings = _settings(args)
+    with Client.open(settings, queues=("model",)) as client:
         job_id = client.submit_task(kind, task, spec)
-        if not args.wait:
+        if not args.wait and settings.broker_url:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK
         st = client.wait(job_id, progress=not args.json)

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from signq.cli import EXIT_OK, EXIT_USAGE, fail, format_status, report_final, settings_from
+from signq.cli import EXIT_OK, report_final, settings_from
 
 
 def register(sub, common):
@@ -30,7 +30,6 @@ def cmd_predict(args) -> int:
     from producer.submit import Submission
     from signq.client import Client
     from signq.labels import ClassSet
-    from signq.settings import ImageSpec
     from signq.storage import Storage
     from worker.modelstore import resolve
 

@@ -6,6 +6,7 @@
     ├── StorageKeyError             a storage key would escape the storage root (permanent)
     ├── JobNotFound                 no job with that id in the job store (permanent)
     ├── DatasetNotFound             no finished dataset with that name/version (permanent)
+    ├── ModelNotFound               no complete model version with that name/version (permanent)
     └── TransientError              infrastructure hiccup worth retrying (storage, broker)
 
 Per-record failures (a 404, an undecodable image, a CSV row with junk) are *not* exceptions: they are
@@ -44,6 +45,10 @@ class JobNotFound(SignqError, LookupError):
 
 class DatasetNotFound(SignqError, LookupError):
     """No finished dataset with that name (or version)."""
+
+
+class ModelNotFound(SignqError, LookupError):
+    """No complete model version with that name (or version)."""
 
 
 class TransientError(SignqError):

@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 from conftest import wait_until
-from datagen import IMAGES_DIR, SIGN_MNIST_CSV, jpeg_bytes, sign_rows, write_class_folders, write_dirty_csv
+from datagen import IMAGES_DIR, jpeg_bytes, sign_rows, write_class_folders, write_dirty_csv
 
 from producer.submit import Submission
 from signq.client import Client
@@ -99,7 +99,7 @@ def test_url_manifest_over_real_http_with_misbehaving_routes(client, http_server
     entries = [(http_server.url(f"/img/{name}"), "a") for name in sorted(os.listdir(IMAGES_DIR))]
     special = {
         "/flaky/u0": None, "/ratelimit/u1": None, "/redirect/u2": None,
-        "/status/404": "http_status", "/status/503": "http_status", "/slow/u0": "timeout", "/reset": "connection",
+        "/status/410": "http_status", "/status/502": "http_status", "/slow/u0": "timeout", "/reset": "connection",
         "/truncated/u0": "connection", "/nonimage": "not_image", "/big": "too_large", "/redirect-loop": "redirect",
     }
     entries += [(http_server.url(path), "b") for path in special]
@@ -125,8 +125,8 @@ def test_url_manifest_over_real_http_with_misbehaving_routes(client, http_server
         else:
             assert reasons.get(line) == expected, (url, reasons.get(line))
     assert http_server.hits("/flaky/u0") == 2 and http_server.hits("/ratelimit/u1") == 2
-    assert http_server.hits("/status/404") == 1                # 4xx is not retried
-    assert http_server.hits("/status/503") == 3                # 5xx is retried (2 retries)
+    assert http_server.hits("/status/410") == 1                # 4xx is not retried
+    assert http_server.hits("/status/502") == 3                # 5xx is retried (2 retries)
 
 
 def test_course_base64_files_and_folders(client, tmp_path):

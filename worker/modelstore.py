@@ -26,15 +26,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from signq.errors import SignqError
+from signq.errors import ModelNotFound  # noqa: F401 (re-exported)
 from signq.storage import check_name
 
 log = logging.getLogger(__name__)
 FORMS = ("keras", "weights", "savedmodel")
-
-
-class ModelNotFound(SignqError, LookupError):
-    """No stored model with that name (or version). (Local to the model store; see report re: signq/errors.py.)"""
 
 
 @dataclass

@@ -44,8 +44,9 @@ def job_view(job_id: str) -> JobView:
     return JobView.from_spec(job_id, context()[2].spec(job_id))
 
 
-@app.task(name="signq.ingest.chunk", bind=True, max_retries=5)
-def ingest_chunk(self, msg: dict) -> dict:
+def run_chunk(task, msg: dict, work) -> dict:
+    """The skeleton every chunk task shares: find the work done (redelivery) or do it with
+    ``work(msg, t0) -> stats``, map errors to retry or job failure, and trigger finalize after the last chunk."""
     settings, storage, jobs = context()
     job_id, idx = msg["job"], msg["idx"]
     stats = writer.read_done(storage, job_id, idx)
@@ -54,20 +55,28 @@ def ingest_chunk(self, msg: dict) -> dict:
             return {"skipped": "job failed"}
         jobs.start(job_id)
         jobs.chunk_running(job_id, idx, os.getpid())
-        t0 = time.perf_counter()
         try:
-            out = process_chunk(msg, job_view(job_id), storage, settings.fetch)
-            stats = writer.write_chunk(storage, job_id, idx, out, writer.chunk_stats(out, time.perf_counter() - t0))
+            stats = work(msg, time.perf_counter())
         except (TransientError, OSError) as e:
-            raise self.retry(exc=e, countdown=min(60, 2 ** self.request.retries))
+            raise task.retry(exc=e, countdown=min(60, 2 ** task.request.retries))
         except Exception as e:
-            jobs.fail(job_id, f"chunk {idx} ({msg['source']}): {type(e).__name__}: {e}")
+            jobs.fail(job_id, f"{task.name} {idx} ({msg['source']}): {type(e).__name__}: {e}")
             raise
-        log.info("chunk job=%s idx=%d records=%d ok=%d rejected=%d in %.3fs", job_id, idx, stats["records"],
-                 stats["ok"], stats["rejected"], stats["seconds"])
+        log.info("%s job=%s idx=%d records=%d ok=%d rejected=%d in %.3fs", task.name, job_id, idx,
+                 stats["records"], stats["ok"], stats["rejected"], stats["seconds"])
     if jobs.chunk_done(job_id, idx, stats):
         enqueue_finalize(job_id)
     return stats
+
+
+@app.task(name="signq.ingest.chunk", bind=True, max_retries=5)
+def ingest_chunk(self, msg: dict) -> dict:
+    def work(msg, t0):
+        settings, storage, _ = context()
+        out = process_chunk(msg, job_view(msg["job"]), storage, settings.fetch)
+        return writer.write_chunk(storage, msg["job"], msg["idx"], out, writer.chunk_stats(out, time.perf_counter() - t0))
+
+    return run_chunk(self, msg, work)
 
 
 @app.task(name="signq.ingest.scan")
