@@ -212,3 +212,21 @@ def test_bad_manifest_fails_fast_naming_file_and_line(client, tmp_path):
         client.submit(Submission(sources=[str(tmp_path / "missing.csv")], dataset="bad"))
     with pytest.raises(StorageKeyError, match="Invalid"):
         client.submit(Submission(sources=[str(path)], dataset="../escape"))
+
+
+def test_course_url_manifest_with_urls_rewritten_to_loopback(client, http_server, tmp_path):
+    """The course's urls.jsonl points at a bucket this machine cannot reach: serve real sign JPEGs under the
+    same file names on 127.0.0.1 and rewrite the URLs, keeping the course's lowercase labels."""
+    course = [json.loads(line) for line in (IMAGES_DIR.parent / "course" / "urls.jsonl").read_text().splitlines()]
+    rows = sign_rows(len(course), skip=4000).iloc[:, 1:].to_numpy(np.uint8)
+    lines = []
+    for entry, pixels in zip(course, rows):
+        name = entry["content"].rsplit("/", 1)[-1]
+        lines.append(json.dumps({"content": http_server.add(f"course-{name}", jpeg_bytes(pixels)), "label": entry["label"]}))
+    path = tmp_path / "data.json"                       # the course's file name: JSON Lines despite .json
+    path.write_text("\n".join(lines) + "\n")
+    st = run(client, [path], "course-urls")
+    assert (st["state"], st["records_ok"], st["records_rejected"]) == ("done", len(course), 0)
+    _, labels, _ = load_dataset("course-urls", client.storage)
+    names = load_manifest("course-urls", client.storage)["class_names"]
+    assert [names[i].lower() for i in labels] == [e["label"] for e in course]
