@@ -75,3 +75,19 @@ def stage(storage: Storage, job_id: str, idx: int, chunk) -> str:
     key = f"jobs/{job_id}/staged/{idx:06d}.{STAGED_EXT[chunk.kind]}"
     storage.write_bytes(storage.path(*key.split("/")), chunk.payload)
     return key
+
+
+def for_model(settings: Settings, meta: dict) -> Settings:
+    """Settings whose class set and image shape are a stored model's (``model.json``), for predict jobs."""
+    from dataclasses import replace
+
+    from signq.labels import ClassSet
+
+    h, w, c = meta["image_shape"]
+    return replace(settings, classes=ClassSet.from_names(meta["class_names"]),
+                   image=replace(settings.image, height=h, width=w, channels=c))
+
+
+def predict_submission(meta: dict, sources: list[str], fmt: str | None = None) -> Submission:
+    return Submission(sources=sources, dataset=meta["name"], fmt=fmt, kind="predict",
+                      extra={"model": f"{meta['name']}:{meta['version']}"})

@@ -20,6 +20,8 @@ def register(subparsers, common):
     add_train_options(t)
     t.add_argument("--hparams-from", help="a tune job id: train with its best hyperparameters")
     t.add_argument("--transfer", help='transfer-learning spec as JSON, e.g. {"from": "model", "model": "signs"}')
+    t.add_argument("--then", nargs="+", metavar=("predict", "SOURCE"),
+                   help="`--then predict SOURCE...`: predict SOURCE with the new model once trained")
     _wait_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -89,7 +91,16 @@ def then_train_spec(args, dataset_ref: str, settings: Settings) -> dict:
 
 
 def cmd_train(args) -> int:
-    return _submit(args, "train", "signq.model.train", train_spec(args, args.dataset))
+    spec = train_spec(args, args.dataset)
+    follow = None
+    if args.then:
+        if args.then[0] != "predict" or len(args.then) < 2:
+            raise ValueError(f"--then takes 'predict SOURCE...'. Received: {' '.join(args.then)!r}")
+        import uuid
+
+        follow = uuid.uuid4().hex[:20]
+        spec["then"] = [{"job_id": follow, "sources": args.then[1:]}]
+    return _submit(args, "train", "signq.model.train", spec, follow)
 
 
 def cmd_evaluate(args) -> int:
@@ -108,18 +119,25 @@ def _settings(args) -> Settings:
     return Settings.from_env(storage=getattr(args, "storage", None))
 
 
-def _submit(args, kind: str, task: str, spec: dict) -> int:
+def _submit(args, kind: str, task: str, spec: dict, follow: str | None = None) -> int:
     """Enqueue and print the job id; wait with --wait, and always on the embedded default (its workers stop
     with this command)."""
     from signq.client import Client
 
     settings = _settings(args)
-    with Client.open(settings, queues=("model",)) as client:
+    queues = ("model", "ingest") if follow else ("model",)
+    with Client.open(settings, queues=queues) as client:
         job_id = client.submit_task(kind, task, spec)
         if not args.wait and settings.broker_url:
-            print(json.dumps({"job_id": job_id}) if args.json else job_id)
+            ids = {"job_id": job_id, **({"then": follow} if follow else {})}
+            print(json.dumps(ids) if args.json else job_id)
             return EXIT_OK
         st = client.wait(job_id, progress=not args.json)
+        if follow and st["state"] == "done":
+            if not args.json:
+                _final(args, st)
+            client.wait_created(follow)
+            st = client.wait(follow, progress=not args.json)
     return _final(args, st)
 
 

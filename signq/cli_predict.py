@@ -25,23 +25,17 @@ def register(sub, common):
 
 
 def cmd_predict(args) -> int:
-    from dataclasses import replace
-
-    from producer.submit import Submission
+    from producer.submit import for_model, predict_submission
     from signq.client import Client
-    from signq.labels import ClassSet
     from signq.storage import Storage
     from worker.modelstore import resolve
 
     settings = settings_from(args)
     _, meta = resolve(Storage(settings.storage), args.model)
-    h, w, c = meta["image_shape"]
-    settings = replace(settings, classes=ClassSet.from_names(meta["class_names"]),
-                       image=replace(settings.image, height=h, width=w, channels=c))
+    settings = for_model(settings, meta)
     wait = args.wait or not settings.broker_url or args.out
     with Client.open(settings, queues=("model", "ingest")) as client:
-        sub = Submission(sources=args.sources, dataset=meta["name"], fmt=args.fmt, kind="predict",
-                         extra={"model": f"{meta['name']}:{meta['version']}"})
+        sub = predict_submission(meta, args.sources, args.fmt)
         job_id = client.submit(sub)
         if not wait:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)

@@ -59,6 +59,14 @@ class Client:
     def status(self, job_id: str) -> dict:
         return job_status(self.jobs, self.storage, job_id)
 
+    def wait_created(self, job_id: str, timeout: float = 60.0):
+        """Wait until a follow-up job (created by a worker) exists in the job store."""
+        end = time.monotonic() + timeout
+        while not self.jobs.exists(job_id):
+            if time.monotonic() > end:
+                raise TimeoutError(f"job {job_id} was not created within {timeout}s")
+            time.sleep(self.settings.result_interval)
+
     def wait(self, job_id: str, progress: bool = False, timeout: float | None = None) -> dict:
         """Poll the job store every ``result_interval`` until the job is done or failed."""
         bar = ProgressBar(job_id) if progress else None

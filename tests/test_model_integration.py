@@ -92,3 +92,18 @@ def test_training_killed_mid_epoch_resumes_and_finishes(client, model_worker, tr
     assert st["result"]["epochs_run"] == 6
     history = client.storage.read_json(st["result"]["location"] + "/history.json")
     assert len(history["loss"]) == 6                          # one row per epoch, none run twice
+
+
+def test_train_then_predict_chains_on_the_new_model(client, model_worker, train_dataset, tmp_path):
+    rows = sign_rows(12, skip=21000)
+    path = tmp_path / "to-predict.csv"
+    rows.to_csv(path, index=False)
+    follow = "then0123456789abcdef"
+    _, st = train(client, {"datasets": [train_dataset], "name": "chained", "epochs": 1, "batch_size": 64,
+                           "hparams": {"arch": "dense"}, "then": [{"job_id": follow, "sources": [str(path)]}]})
+    assert st["state"] == "done", st
+    client.wait_created(follow)
+    pst = client.wait(follow, timeout=120)
+    assert pst["state"] == "done", pst
+    assert client.jobs.spec(follow)["model"] == st["result"]["model"]
+    assert (pst["result"]["predicted"], pst["result"]["rejected"]) == (12, 0)

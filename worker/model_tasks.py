@@ -114,14 +114,30 @@ def train(self, job_id: str) -> dict:
         from worker import training
 
         jobs.set_state(job_id, "running")
-        spec = training.TrainSpec.from_json(jobs.spec(job_id))
+        raw = jobs.spec(job_id)
+        then = raw.pop("then", [])
+        spec = training.TrainSpec.from_json(raw)
         wd = workdir(storage, "train", job_id)
         result = training.run_training(storage, spec, wd, report=reporter(jobs, job_id), job_id=job_id)
         jobs.set_state(job_id, "done", result=result)
+        for follow in then:
+            start_predict(settings, storage, jobs, follow, result["model"])
         shutil.rmtree(wd, ignore_errors=True)
         return result
 
     return run_locked(self, f"train:{job_id}", work, job_id)
+
+
+def start_predict(settings, storage, jobs: JobStore, follow: dict, model_ref: str):
+    """``signq train ... --then predict SOURCE...``: predict with the model just trained (submitted once)."""
+    from producer.submit import for_model, predict_submission, submit
+    from worker import modelstore
+
+    if not jobs.r.set(f"signq:job:{follow['job_id']}:submitted", 1, nx=True):
+        return
+    _, meta = modelstore.resolve(storage, model_ref)
+    submit(app, jobs, storage, for_model(settings, meta), predict_submission(meta, follow["sources"]),
+           job_id=follow["job_id"])
 
 
 @app.task(name="signq.model.evaluate", bind=True)
