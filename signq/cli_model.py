@@ -90,7 +90,21 @@ def then_train_spec(args, dataset_ref: str, settings: Settings) -> dict:
     return train_spec(args, [dataset_ref])
 
 
+def _check_refs(args, datasets=(), model=None):
+    """Fail fast (exit 3) on a dataset or model that does not exist, before anything is queued."""
+    from signq.dataset import resolve as resolve_dataset
+    from signq.storage import Storage
+    from worker.modelstore import resolve as resolve_model
+
+    storage = Storage(_settings(args).storage)
+    for ref in datasets:
+        resolve_dataset(storage, ref)
+    if model:
+        resolve_model(storage, model)
+
+
 def cmd_train(args) -> int:
+    _check_refs(args, args.dataset)
     spec = train_spec(args, args.dataset)
     follow = None
     if args.then:
@@ -104,11 +118,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    _check_refs(args, [args.dataset], args.model)
     code = _submit(args, "evaluate", "signq.model.evaluate", {"model": args.model, "dataset": args.dataset})
     return code
 
 
 def cmd_tune(args) -> int:
+    _check_refs(args, args.dataset)
     spec = {"datasets": args.dataset, "algorithm": args.algorithm, "max_trials": args.max_trials,
             "max_epochs": args.max_epochs, "factor": args.factor, "seed": args.seed, "batch_size": args.batch_size,
             "arch": args.arch, "in_process": args.in_process}

@@ -69,3 +69,26 @@ def test_submit_wait_json_against_redis_and_workers(ingest_worker, worker_env, t
     assert r.returncode == 0 and st["state"] == "done" and st["chunks_total"] == 5 and st["records_ok"] == 3000
     r = signq("status", job_id, env=env)
     assert r.returncode == 0 and "done" in r.stdout.splitlines()[0]
+
+
+def test_readme_flow_ingest_train_evaluate_predict(tmp_path):
+    """The README's first command (with fewer epochs), then the model commands, all on the embedded default."""
+    store = ["--storage", str(tmp_path)]
+    r = signq("run", SAMPLE, "--dataset", "demo", "--then", "train", "--name", "demo", "--epochs", "2",
+              "--batch-size", "64", "--arch", "cnn", "--json", *store)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = json.loads(r.stdout)
+    assert st["state"] == "done" and st["ingest"]["records_ok"] == 3000
+    model = st["result"]["model"]
+    r = signq("models", "list", "--json", *store)
+    assert r.returncode == 0 and [m["name"] for m in json.loads(r.stdout)] == ["demo"]
+    r = signq("evaluate", model, "--dataset", "demo", *store)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "accuracy" in r.stdout
+    out = tmp_path / "predictions.csv"
+    r = signq("predict", "demo", str(COURSE / "base64_list.json"), "--out", str(out), "--json", *store)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("key,source,position,status,predicted") and len(lines) == 3   # both records
+    r = signq("evaluate", "nope", "--dataset", "demo", *store)
+    assert r.returncode == 3 and "No model named 'nope'" in r.stderr
