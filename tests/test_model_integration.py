@@ -107,3 +107,20 @@ def test_train_then_predict_chains_on_the_new_model(client, model_worker, train_
     assert pst["state"] == "done", pst
     assert client.jobs.spec(follow)["model"] == st["result"]["model"]
     assert (pst["result"]["predicted"], pst["result"]["rejected"]) == (12, 0)
+
+
+def test_tune_trials_run_as_tasks_and_train_uses_the_best(client, model_worker, train_dataset):
+    spec = {"datasets": [train_dataset], "algorithm": "random", "max_trials": 3, "max_epochs": 1, "seed": 3,
+            "batch_size": 64, "arch": "cnn"}
+    tune_id = client.submit_task("tune", "signq.model.tune", spec)
+    st = client.wait(tune_id, timeout=300)
+    assert st["state"] == "done", st
+    best = st["result"]["best"]
+    assert 0.0 <= best["val_accuracy"] <= 1.0 and {"dense_units", "dropout", "learning_rate"} <= set(best["hparams"])
+    results = client.storage.listdir(st["result"]["location"] + "/results")
+    assert len(results) == 3                                  # every trial ran as its own task and stored
+    _, tst = train(client, {"datasets": [train_dataset], "name": "tuned", "epochs": 1, "hparams_from": tune_id})
+    assert tst["state"] == "done", tst
+    hp = client.storage.read_json(tst["result"]["location"] + "/hparams.json")
+    for key in ("dense_units", "dropout", "learning_rate"):
+        assert hp["hparams"][key] == best["hparams"][key]
