@@ -50,6 +50,13 @@ def open_bytes(source: str):
             yield f
 
 
+def _zipfile(source: str, raw) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(raw)
+    except zipfile.BadZipFile as e:
+        raise ManifestError(source, None, f"not a valid .npz (zip) file: {e}") from None
+
+
 def source_name(source: str) -> str:
     return os.path.basename(source.rstrip("/")) or source
 
@@ -107,8 +114,12 @@ class UrlReader:
         self.source = source
 
     def records(self):
-        with fsspec.open(self.source, "rt", compression="infer", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open_bytes(self.source) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ManifestError(self.source, lineno, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
                 if not line.strip():
                     continue
                 try:
@@ -236,7 +247,7 @@ class NpzReader:
         self.source = source
 
     def chunks(self, size):
-        with fsspec.open(self.source, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        with fsspec.open(self.source, "rb") as raw, _zipfile(self.source, raw) as zf:
             names = set(zf.namelist())
             pairs = [(x, y) for x, y in self.PAIRS if f"{x}.npy" in names and f"{y}.npy" in names]
             if not pairs:

@@ -62,8 +62,8 @@ def submit(app, jobs: JobStore, storage: Storage, settings: Settings, sub: Submi
                 records += chunk.count
                 if on_chunk:
                     on_chunk(idx, records)
-    except ManifestError as e:
-        jobs.fail(job_id, str(e))
+    except BaseException as e:      # a bad manifest, a storage error, Ctrl-C: the job must not stay queued
+        jobs.fail(job_id, str(e) if isinstance(e, ManifestError) else f"producer: {type(e).__name__}: {e}")
         raise
     if jobs.set_total(job_id, idx, records):
         app.send_task("signq.ingest.finalize", args=[job_id])

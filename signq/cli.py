@@ -252,7 +252,12 @@ def cmd_jobs(args) -> int:
     if not settings.broker_url:
         return fail(args, EXIT_USAGE, "error: `signq jobs` needs SIGNQ_BROKER_URL")
     store = JobStore(connect(settings.broker_url))
-    rows = [store.status(j) for j in store.recent(args.n)]
+    rows = []
+    for j in store.recent(args.n):
+        try:
+            rows.append(store.status(j))
+        except JobNotFound:             # its hash expired (30 days); the index entry outlives it
+            continue
     if args.json:
         print(json.dumps(rows, default=str))
     else:

@@ -23,11 +23,12 @@ class FetchSettings:
     connections_per_host: int = 32
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
+    total_timeout: float = 60.0         # one attempt, headers to last byte (a trickling server cannot hold a slot)
     retries: int = 3                    # extra attempts on timeouts, connection errors, 5xx, 429
     backoff_base: float = 0.2           # seconds; attempt n waits ~ base * 2**n with full jitter
     backoff_cap: float = 10.0           # no single wait (Retry-After included) is longer than this
     max_body_bytes: int = 10 * 1024 * 1024
-    deny_networks: tuple[str, ...] = ("169.254.0.0/16", "fd00:ec2::254/128")
+    deny_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
     allow_networks: tuple[str, ...] = ()   # when set, only these are allowed (after the deny list)
 
 
@@ -73,6 +74,7 @@ class Settings:
             connections_per_host=_int(get, "FETCH_CONNECTIONS_PER_HOST", 32),
             connect_timeout=_float(get, "CONNECT_TIMEOUT", 5.0),
             read_timeout=_float(get, "READ_TIMEOUT", 15.0),
+            total_timeout=_float(get, "TOTAL_TIMEOUT", 60.0),
             retries=_int(get, "RETRIES", 3),
             backoff_base=_float(get, "BACKOFF_BASE", 0.2),
             backoff_cap=_float(get, "BACKOFF_CAP", 10.0),

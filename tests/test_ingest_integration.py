@@ -137,7 +137,7 @@ def test_course_base64_files_and_folders(client, tmp_path):
     assert (st["records_ok"], st["records_rejected"]) == (1, 2)
     assert st["rejects_by_reason"] == {"duplicate": 2}
     images, labels, keys = load_dataset("b64", client.storage)
-    assert labels.tolist() == [1] and keys.tolist() == ["base64_single.json:0:b"]
+    assert labels.tolist() == [1] and keys.tolist() == ["base64_single.json:0"]
     rows = sign_rows(4, skip=10).iloc[:, 1:].to_numpy(np.uint8).reshape(-1, 28, 28)
     write_class_folders(tmp_path / "tree", [("A", "x", rows[0]), ("A", "y", rows[1]), ("B", "x", rows[2]),
                                             ("Q", "dup", rows[2]), ("Z", "bad", rows[3])])

@@ -137,10 +137,10 @@ def test_base64_positions_and_data_url_prefix(tmp_path):
     out = Collector("p.json", job.image)
     order = _process_base64(chunk.payload, job, out)
     result = out.finish(order)
-    assert order == ["0:b", "1:c", "2:d", "3:e"]
-    assert list(result.keys) == ["p.json:0:b", "p.json:1:c"]
+    assert order == ["0", "1", "2", "3"]
+    assert list(result.keys) == ["p.json:0", "p.json:1"]
     assert list(result.labels) == [1, 2]
-    assert {r.position: r.reason for r in result.rejects} == {"2:d": "base64_invalid", "3:e": "base64_invalid"}
+    assert {r.position: r.reason for r in result.rejects} == {"2": "base64_invalid", "3": "base64_invalid"}
 
 
 @pytest.mark.parametrize("text", ["", "   \n", "42", '"x"'])

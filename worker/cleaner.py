@@ -133,6 +133,11 @@ def _check_ints(table: np.ndarray, linenos: list[int], classes: ClassSet, out: C
     table_codes = classes.code_lookup()
     codes = table[:, 0]
     idx = np.where((codes >= 0) & (codes < len(table_codes)), table_codes[np.clip(codes, 0, len(table_codes) - 1)], -1)
+    if not out.hygiene:                 # prediction: the label is optional, every row gets predicted
+        idx = np.where(idx < 0, -1, idx)
+        rows = np.flatnonzero(ok)
+        out.add_many(values[rows].astype(np.uint8), idx[rows], [linenos[r] for r in rows])
+        return
     for r in np.flatnonzero(ok & (idx < 0)):
         out.reject(linenos[r], "label_unknown", f"label {int(codes[r])!r}")
     rows = np.flatnonzero(ok & (idx >= 0))
@@ -158,7 +163,7 @@ def _check_rows(df: pd.DataFrame, linenos: list[int], spec: ImageSpec, classes: 
             col = int(np.flatnonzero(mask[r])[0])
             out.reject(linenos[r], reason, f"pixel{col + 1}={str(df.iat[r, col + 1])[:20]!r}")
         ok[rows] = False
-    for r in np.flatnonzero(ok & (label_idx < 0)):
+    for r in np.flatnonzero(ok & (label_idx < 0) & out.hygiene):    # prediction keeps unlabelled rows (-1)
         raw = df.iat[r, 0]
         out.reject(linenos[r], "label_missing" if pd.isna(raw) else "label_unknown", f"label {raw!r}")
         ok[r] = False

@@ -70,7 +70,7 @@ def check_pixels(width: int, height: int, spec: ImageSpec):
 def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     """(width, height) read from the header without decoding, or None when the header cannot tell."""
     if fmt == "png":
-        return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" else None
+        return struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" and len(data) >= 24 else None
     if fmt == "jpeg":
         return _jpeg_size(data)
     try:  # Pillow's lazy open reads only the header (Pillow's own process-wide limit stays as it is)

@@ -20,7 +20,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -89,17 +89,23 @@ class Retryable(Exception):
         self.reason, self.detail, self.retry_after = reason, detail, retry_after
 
 
-def check_url(url, policy: NetworkPolicy) -> str:
-    """Scheme http/https, a host, and (for literal IPs) an allowed address. Returns the URL."""
+def check_url(url, policy: NetworkPolicy) -> URL:
+    """Scheme http/https, a host, and (for literal IPs) an allowed address. Returns the URL that will be
+    fetched: the check runs on yarl's normalised host (IDNA maps e.g. fullwidth digits to ASCII), the same
+    host aiohttp connects to, so no spelling of a refused address slips through."""
     if not isinstance(url, str) or not url:
         raise BadRecord("url_invalid", f"expected a URL string, got {url!r}"[:200])
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        u = as_yarl(url)
+        host = u.host
+    except (ValueError, UnicodeError) as e:
+        raise BadRecord("url_invalid", f"{e}: {url[:200]}") from None
+    if u.scheme not in ("http", "https") or not host:
         raise BadRecord("url_invalid", f"only http(s) URLs with a host are fetched: {url[:200]}")
-    refused = policy.literal_refused(parts.hostname)
+    refused = policy.literal_refused(host.strip("[]"))
     if refused:
         raise BadRecord("url_forbidden", f"address {refused} is refused by the network policy")
-    return url
+    return u
 
 
 _ALREADY_ENCODED = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]*")
@@ -146,9 +152,9 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
 
 async def get_once(session, url, fs: FetchSettings, policy) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
-        check_url(url, policy)
+        target = check_url(url, policy)
         try:
-            async with session.get(as_yarl(url), allow_redirects=False) as resp:
+            async with session.get(target, allow_redirects=False) as resp:
                 if resp.status in REDIRECTS and "Location" in resp.headers:
                     url = urljoin(url, resp.headers["Location"])
                     continue
@@ -198,7 +204,7 @@ async def _fetch_all(urls, fs: FetchSettings, handle, batch_bytes):
     decoding: list = []
     connector = aiohttp.TCPConnector(limit=fs.connections, limit_per_host=fs.connections_per_host,
                                      resolver=GuardedResolver(policy), ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, connect=fs.connect_timeout, sock_connect=fs.connect_timeout,
+    timeout = aiohttp.ClientTimeout(total=fs.total_timeout, connect=fs.connect_timeout, sock_connect=fs.connect_timeout,
                                     sock_read=fs.read_timeout)
     sem = asyncio.Semaphore(fs.connections)
 
@@ -221,6 +227,9 @@ async def _fetch_all(urls, fs: FetchSettings, handle, batch_bytes):
             held += len(body)
             if held >= batch_bytes or len(batch) >= 512:
                 flush()
+                live = [f for f in decoding if not f.done()]
+                if len(live) > 2:           # backpressure: at most ~3 batches of bodies wait for the decoder
+                    await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
 
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          cookie_jar=aiohttp.DummyCookieJar()) as session:

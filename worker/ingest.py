@@ -67,6 +67,9 @@ def _decode_into(out: Collector, job: JobView, labels: dict, positions: dict):
             except BadRecord as e:
                 out.bad(positions[i], e)
                 continue
+            except Exception as e:    # a decoder bug on hostile bytes is this record's problem, not the chunk's
+                out.reject(positions[i], "undecodable", f"{type(e).__name__}: {e}"[:200])
+                continue
             labs.append(labels[i])
             pos.append(positions[i])
         if imgs:
@@ -124,7 +127,7 @@ def _process_base64(payload: bytes, job: JobView, out: Collector) -> list[str]:
     items = []
     for line in payload.splitlines():
         n, label, b64 = json.loads(line)
-        items.append([f"{n}:{label}", b64, label])
+        items.append([str(n), b64, label])
     todo, labels, positions = _labelled(items, job, out)
     bodies = []
     for i, text in enumerate(todo):
@@ -165,10 +168,13 @@ def _process_npz(payload: bytes, start: int, array: str, job: JobView, out: Coll
     if x.shape[1:] != job.image.shape:
         x = np.stack([decoder.fit(img if job.image.channels == img.shape[-1] else _channels(img, job.image.channels),
                                   job.image) for img in x]) if len(x) else x
-    for i in np.flatnonzero(idx < 0):
+    if job.predict:                     # prediction: unknown label codes are fine, only bad pixels are not
+        idx = np.where(idx == -1, -3, idx)
+    for i in np.flatnonzero((idx < 0) & (idx > -3)):
         reason = "csv_out_of_range" if idx[i] == -2 else "label_unknown"
         out.reject(positions[i], reason, f"label code {int(codes[i])}" if reason == "label_unknown" else "pixel outside 0..255")
-    keep = np.flatnonzero(idx >= 0)
+    keep = np.flatnonzero((idx >= 0) | (idx == -3))
+    idx = np.where(idx == -3, -1, idx)
     out.add_many(x[keep], idx[keep].astype(np.int16), [positions[i] for i in keep])
 
 

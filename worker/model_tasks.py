@@ -92,7 +92,10 @@ def run_locked(task, lock_name: str, fn, job_id: str):
     try:
         return fn()
     except TransientError as e:
-        raise task.retry(exc=e, countdown=10, max_retries=5)
+        if task.request.retries < 5:
+            raise task.retry(exc=e, countdown=10, max_retries=5)
+        jobs.fail(job_id, f"{type(e).__name__}: {e} (after 5 retries)")
+        raise
     except Exception as e:
         log.exception("%s failed", lock_name)
         jobs.fail(job_id, f"{type(e).__name__}: {e}")
@@ -118,10 +121,13 @@ def train(self, job_id: str) -> dict:
         then = raw.pop("then", [])
         spec = training.TrainSpec.from_json(raw)
         wd = workdir(storage, "train", job_id)
+        done = finished(jobs, job_id)         # a copy that waited for the lock finds the work done
+        if done is not None:
+            return done
         result = training.run_training(storage, spec, wd, report=reporter(jobs, job_id), job_id=job_id)
-        jobs.set_state(job_id, "done", result=result)
-        for follow in then:
+        for follow in then:                    # before "done", so a redelivery re-submits, never skips
             start_predict(settings, storage, jobs, follow, result["model"])
+        jobs.set_state(job_id, "done", result=result)
         shutil.rmtree(wd, ignore_errors=True)
         return result
 
@@ -133,8 +139,9 @@ def start_predict(settings, storage, jobs: JobStore, follow: dict, model_ref: st
     from producer.submit import for_model, predict_submission, submit
     from worker import modelstore
 
-    if not jobs.r.set(f"signq:job:{follow['job_id']}:submitted", 1, nx=True):
-        return
+    if int(jobs.r.hget(f"signq:job:{follow['job_id']}", "chunks_total") or -1) >= 0:
+        return                                  # fully submitted by an earlier delivery of this training
+    # (a partial earlier submission is redone with the same job id: chunks are idempotent by index)
     _, meta = modelstore.resolve(storage, model_ref)
     submit(app, jobs, storage, for_model(settings, meta), predict_submission(meta, follow["sources"]),
            job_id=follow["job_id"])

@@ -25,7 +25,7 @@ DEFAULTS = {
     "conv_dropout": 0.1,
     "l2": 1e-4,
     "learning_rate": 1e-3,
-    "augment": True,
+    "augment": None,           # None: on for "default", off for the course's architectures (--augment turns it on)
     "rotation": 0.04,          # fraction of a full turn (0.04 ~ 15 degrees)
     "zoom": 0.1,
     "translation": 0.1,
@@ -38,6 +38,8 @@ def resolve_hparams(hparams: dict | None) -> dict:
     hp = {**DEFAULTS, **(hparams or {})}
     if hp["arch"] not in BUILDERS:
         raise ValueError(f"Unknown model architecture. Choose one of {sorted(BUILDERS)}. Received: arch={hp['arch']!r}")
+    if hp["augment"] is None:
+        hp["augment"] = hp["arch"] == "default"
     return hp
 
 

@@ -27,6 +27,7 @@ from signq.storage import check_name
 
 log = logging.getLogger(__name__)
 CLAIM = "signq:ingested:{dataset}:{sha}"
+CLAIM_TTL = 600
 
 
 def load_watches(path: str) -> list[dict]:
@@ -46,6 +47,11 @@ def load_watches(path: str) -> list[dict]:
 
 
 def beat_schedule(path: str) -> dict:
+    import os
+
+    if not os.path.exists(path):
+        log.warning("schedule file %s does not exist: celery beat runs no signq watches until it does", path)
+        return {}
     return {f"signq-watch-{w['name']}": {"task": "signq.ingest.scan", "schedule": float(w.get("every", 60)),
                                          "args": [w]} for w in load_watches(path)}
 
@@ -73,7 +79,7 @@ def scan(watch: dict, r, submit) -> list[dict]:
     for url in new_manifests(watch):
         sha = content_sha256(url)
         key = CLAIM.format(dataset=watch["dataset"], sha=sha)
-        if not r.set(key, "claimed", nx=True):
+        if not r.set(key, "claimed", nx=True, ex=CLAIM_TTL):   # expires if this scan dies before submitting
             continue
         try:
             job_id = submit(url)

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+import redis
 from celery.signals import worker_process_init
 
 from signq.errors import TransientError
@@ -44,28 +45,40 @@ def job_view(job_id: str) -> JobView:
     return JobView.from_spec(job_id, context()[2].spec(job_id))
 
 
+TRANSIENT = (TransientError, OSError, redis.ConnectionError, redis.TimeoutError)
+
+
+def retry_or_fail(task, jobs, job_id: str, err: Exception, what: str):
+    """A transient error retries with backoff; once retries run out the job fails (it never stays running)."""
+    if task.request.retries < task.max_retries:
+        raise task.retry(exc=err, countdown=min(60, 2 ** task.request.retries))
+    jobs.fail(job_id, f"{what}: {type(err).__name__}: {err} (after {task.request.retries} retries)")
+    raise err
+
+
 def run_chunk(task, msg: dict, work) -> dict:
     """The skeleton every chunk task shares: find the work done (redelivery) or do it with
     ``work(msg, t0) -> stats``, map errors to retry or job failure, and trigger finalize after the last chunk."""
     settings, storage, jobs = context()
     job_id, idx = msg["job"], msg["idx"]
-    stats = writer.read_done(storage, job_id, idx)
-    if stats is None:
-        if jobs.raw(job_id).get("state") == "failed":
-            return {"skipped": "job failed"}
-        jobs.start(job_id)
-        jobs.chunk_running(job_id, idx, os.getpid())
-        try:
+    what = f"{task.name} {idx} ({msg['source']})"
+    try:
+        stats = writer.read_done(storage, job_id, idx)
+        if stats is None:
+            if jobs.raw(job_id).get("state") == "failed":
+                return {"skipped": "job failed"}
+            jobs.start(job_id)
+            jobs.chunk_running(job_id, idx, os.getpid())
             stats = work(msg, time.perf_counter())
-        except (TransientError, OSError) as e:
-            raise task.retry(exc=e, countdown=min(60, 2 ** task.request.retries))
-        except Exception as e:
-            jobs.fail(job_id, f"{task.name} {idx} ({msg['source']}): {type(e).__name__}: {e}")
-            raise
-        log.info("%s job=%s idx=%d records=%d ok=%d rejected=%d in %.3fs", task.name, job_id, idx,
-                 stats["records"], stats["ok"], stats["rejected"], stats["seconds"])
-    if jobs.chunk_done(job_id, idx, stats):
-        enqueue_finalize(job_id)
+            log.info("%s job=%s idx=%d records=%d ok=%d rejected=%d in %.3fs", task.name, job_id, idx,
+                     stats["records"], stats["ok"], stats["rejected"], stats["seconds"])
+        if jobs.chunk_done(job_id, idx, stats):
+            enqueue_finalize(job_id)
+    except TRANSIENT as e:
+        retry_or_fail(task, jobs, job_id, e, what)
+    except Exception as e:
+        jobs.fail(job_id, f"{what}: {type(e).__name__}: {e}")
+        raise
     return stats
 
 
@@ -112,12 +125,12 @@ def finalize(self, job_id: str) -> dict:
             result = predictions.finalize(storage, job_id, int(raw["chunks_total"]))
         else:
             result = finalizer.finalize(storage, job_id, spec, int(raw["chunks_total"]), float(raw["created"]))
-    except (TransientError, OSError) as e:
-        raise self.retry(exc=e, countdown=min(60, 2 ** self.request.retries))
+        for then in spec.get("then", []):      # before "done": a redelivered finalize re-sends, never skips
+            app.send_task(then["task"], args=[then["job_id"]])
+        jobs.set_state(job_id, "done", result=result)
+    except TRANSIENT as e:
+        retry_or_fail(self, jobs, job_id, e, "finalize")
     except Exception as e:
         jobs.fail(job_id, f"finalize: {type(e).__name__}: {e}")
         raise
-    jobs.set_state(job_id, "done", result=result)
-    for then in spec.get("then", []):
-        app.send_task(then["task"], args=[then["job_id"]])
     return {"location": result["location"]}
