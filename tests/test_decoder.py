@@ -204,3 +204,8 @@ def test_jpeg_header_size_matches_pillow():
         data = read(name)
         if decoder.sniff(data) == "jpeg":
             assert decoder.header_size(data, "jpeg") == Image.open(io.BytesIO(data)).size, name
+
+
+def test_a_header_cut_short_is_a_reject_not_a_crash():
+    with pytest.raises(BadRecord):
+        decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", ImageSpec())

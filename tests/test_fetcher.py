@@ -190,3 +190,13 @@ def test_parse_retry_after():
     assert 100 < parse_retry_after(later) <= 120
     past = format_datetime(datetime.now(timezone.utc) - timedelta(days=1), usegmt=True)
     assert parse_retry_after(past) == 0.0
+
+
+def test_other_spellings_of_a_refused_address_are_refused(http_server):
+    """IDNA maps fullwidth digits and ideographic dots to ASCII: the check sees the host aiohttp would use."""
+    policy = NetworkPolicy(deny=("127.0.0.0/8",))
+    port = http_server.port
+    for url in (f"http://１２７.０.０.１:{port}/img/hopper.jpg", f"http://127。0。0。1:{port}/img/hopper.jpg"):
+        with pytest.raises(BadRecord) as err:
+            check_url(url, policy)
+        assert err.value.reason == "url_forbidden", url
