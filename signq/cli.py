@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     common.add_argument("--storage", help="storage root, path or fsspec URL (default $SIGNQ_STORAGE or ./signq-data)")
+    common.add_argument("--timeout", type=float, help="when waiting: give up after this many seconds (exit 4)")
 
     ingest = argparse.ArgumentParser(add_help=False, parents=[common])
     ingest.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -172,9 +173,9 @@ def _ingest(args, settings) -> int:
         if not args.wait:
             print(json.dumps({"job_id": job_id, **({"then": last} if last else {})}) if args.json else job_id)
             return EXIT_OK
-        st = client.wait(job_id, progress=not args.json)
+        st = client.wait(job_id, progress=not args.json, timeout=args.timeout)
         if last and st["state"] == "done":
-            st = {"ingest": st, **client.wait(last, progress=not args.json)}
+            st = {"ingest": st, **client.wait(last, progress=not args.json, timeout=args.timeout)}
     return report_final(args, st)
 
 

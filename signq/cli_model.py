@@ -148,12 +148,12 @@ def _submit(args, kind: str, task: str, spec: dict, follow: str | None = None) -
             ids = {"job_id": job_id, **({"then": follow} if follow else {})}
             print(json.dumps(ids) if args.json else job_id)
             return EXIT_OK
-        st = client.wait(job_id, progress=not args.json)
+        st = client.wait(job_id, progress=not args.json, timeout=args.timeout)
         if follow and st["state"] == "done":
             if not args.json:
                 _final(args, st)
             client.wait_created(follow)
-            st = client.wait(follow, progress=not args.json)
+            st = client.wait(follow, progress=not args.json, timeout=args.timeout)
     return _final(args, st)
 
 

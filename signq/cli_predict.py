@@ -40,7 +40,7 @@ def cmd_predict(args) -> int:
         if not wait:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK
-        st = client.wait(job_id, progress=not args.json)
+        st = client.wait(job_id, progress=not args.json, timeout=args.timeout)
         if st["state"] == "done" and args.out:
             _copy_out(client.storage, st["result"], args.out)
             st["result"]["out"] = args.out

@@ -92,3 +92,11 @@ def test_readme_flow_ingest_train_evaluate_predict(tmp_path):
     assert lines[0].startswith("key,source,position,status,predicted") and len(lines) == 3   # both records
     r = signq("evaluate", "nope", "--dataset", "demo", *store)
     assert r.returncode == 3 and "No model named 'nope'" in r.stderr
+
+
+def test_wait_timeout_exits_4(ingest_worker, worker_env, http_server, tmp_path):
+    path = tmp_path / "slow.jsonl"
+    path.write_text(json.dumps({"content": http_server.url("/slow/timeout-test"), "label": "a"}) + "\n")
+    env = {"SIGNQ_BROKER_URL": worker_env["SIGNQ_BROKER_URL"], "SIGNQ_STORAGE": worker_env["SIGNQ_STORAGE"]}
+    r = signq("submit", str(path), "--dataset", "slow", "--wait", "--timeout", "0.5", "--json", env=env)
+    assert r.returncode == 4 and "still" in json.loads(r.stdout)["error"]
