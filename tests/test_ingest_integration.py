@@ -230,3 +230,41 @@ def test_course_url_manifest_with_urls_rewritten_to_loopback(client, http_server
     _, labels, _ = load_dataset("course-urls", client.storage)
     names = load_manifest("course-urls", client.storage)["class_names"]
     assert [names[i].lower() for i in labels] == [e["label"] for e in course]
+
+
+def test_sigkill_of_a_whole_worker_is_redelivered_after_the_visibility_timeout(client, http_server, tmp_path,
+                                                                               worker_env):
+    """Parent and children killed together: nothing acks or rejects the message, Redis' visibility timeout
+    hands it to another worker, and the job still ends with exact counts."""
+    from conftest import WorkerProcess
+
+    env = {**worker_env, "SIGNQ_VISIBILITY_TIMEOUT": "5"}
+    rows = sign_rows(10, skip=700)
+    entries = []
+    for i, p in enumerate(rows.iloc[:, 1:].to_numpy(np.uint8)):
+        http_server.add(f"v{i}", jpeg_bytes(p))
+        entries.append({"content": http_server.url(f"/bytes/v{i}"), "label": int(rows.iloc[i, 0])})
+    entries.insert(5, {"content": http_server.url("/slow/v0"), "label": "a"})
+    path = tmp_path / "victim.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    victim = WorkerProcess(env, "victim-q", 1, "victim").start()
+    rescuer = None
+    try:
+        c = Client(client.settings)
+        c.app.conf.task_routes = {"signq.ingest.chunk": {"queue": "victim-q"}}   # only these workers take it
+        job_id = c.submit(Submission(sources=[str(path)], dataset="victim"))
+        wait_until(lambda: c.jobs.running_chunks(job_id), what="the chunk to start")
+        pid = next(iter(c.jobs.running_chunks(job_id).values()))
+        os.killpg(victim.proc.pid, signal.SIGKILL)                 # the whole worker: parent and child
+        victim.proc.wait()
+        assert pid != victim.proc.pid
+        rescuer = WorkerProcess(env, "victim-q", 1, "rescuer").start()
+        st = c.wait(job_id, timeout=120)
+    finally:
+        victim.stop()
+        if rescuer:
+            rescuer.stop()
+    assert st["state"] == "done", st
+    assert (st["records_ok"], st["records_rejected"]) == (10, 1)
+    _, _, keys = load_dataset("victim", client.storage)
+    assert len(keys) == len(set(keys)) == 10

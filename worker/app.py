@@ -27,7 +27,11 @@ def make_app(settings: Settings) -> Celery:
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1, worker_max_tasks_per_child=None,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Messages of a worker killed outright come back after the visibility timeout; kombu (>= 5.6) sweeps
+        # for them every unacked_restore_interval s (its default, 10 s x a throttle of 10, is ~100 s).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
+                                  "unacked_restore_throttle": 1},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         result_expires=7 * 24 * 3600, task_ignore_result=False, task_track_started=True,
