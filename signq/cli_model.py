@@ -168,7 +168,8 @@ def _final(args, st: dict) -> int:
         print(f"error: {st['error']}", file=sys.stderr)
     if result.get("table"):
         print(result["table"])
-    for key in ("model", "test_accuracy", "val_accuracy", "train_seconds", "accuracy", "loss", "best", "location"):
+    for key in ("model", "test_accuracy", "val_accuracy", "train_seconds", "accuracy", "loss", "rows", "best",
+                "location"):
         if result.get(key) is not None:
             print(f"{key}: {result[key]}")
     return code

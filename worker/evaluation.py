@@ -151,20 +151,46 @@ def evaluate_version(storage, model_ref: str, dataset_ref: str, batch_size: int 
     from signq import dataset as ds_format
     from worker import modelstore
 
+    directory, meta = modelstore.resolve(storage, model_ref)
+    model_ref = f"{meta['name']}:{meta['version']}"          # resolved once: LATEST may move meanwhile
     model, meta = modelstore.load_model(storage, model_ref)
     _, manifest = ds_format.resolve(storage, dataset_ref)
     mapping = label_mapping(manifest["class_names"], meta["class_names"], dataset_ref, model_ref)
-    batches = ((shard["images"][a:a + batch_size], mapping[shard["labels"][a:a + batch_size]])
-               for shard in ds_format.iter_shards(storage, dataset_ref)
-               for a in range(0, len(shard["labels"]), batch_size))
+    keep = held_out_rows(storage, directory, f"{manifest['name']}:{manifest['version']}")
+    batches = ((shard["images"][m][a:a + batch_size], mapping[shard["labels"][m][a:a + batch_size]])
+               for shard, m in zip(ds_format.iter_shards(storage, dataset_ref), keep or _all_rows())
+               for a in range(0, int(np.count_nonzero(m) if keep else len(shard["labels"])), batch_size))
     metrics = evaluate_batches(model, batches, meta["class_names"])
-    directory, _ = modelstore.resolve(storage, model_ref)
     out = f"{directory}/evaluations/{manifest['name']}-{manifest['version']}"
-    extra = {"model": f"{meta['name']}:{meta['version']}", "dataset": f"{manifest['name']}:{manifest['version']}",
-             "dataset_content_sha256": manifest.get("content_sha256")}
+    extra = {"model": model_ref, "dataset": f"{manifest['name']}:{manifest['version']}",
+             "dataset_content_sha256": manifest.get("content_sha256"),
+             "rows": "the model's held-out test split (the dataset is in its lineage)" if keep else "all"}
     write_report(storage, out, metrics, extra)
     return {**extra, **{k: v for k, v in metrics.items() if k != "confusion"}, "location": out,
             "table": format_table(metrics)}
+
+
+def _all_rows():
+    while True:
+        yield slice(None)
+
+
+def held_out_rows(storage, model_dir: str, dataset_ref: str) -> list | None:
+    """When the model trained on ``dataset_ref``, a boolean mask per shard of its test-split rows (the split
+    is recomputed from the lineage: same datasets, seed and fractions); otherwise None (use every row)."""
+    from worker import training
+
+    path = f"{model_dir}/lineage.json"
+    lineage = storage.read_json(path) if storage.exists(path) else {}
+    split = lineage.get("split") or {}
+    refs = split.get("datasets") or []
+    if dataset_ref not in refs:
+        return None
+    spec = training.TrainSpec.from_json({"datasets": refs, "seed": split["seed"],
+                                         "val_fraction": split["val_fraction"], "test_fraction": split["test_fraction"]})
+    idx = training.assign_split(training.index_shards(storage, refs), spec)
+    which = refs.index(dataset_ref)
+    return [codes == training.TEST for d, codes in zip(idx.dataset_of, idx.codes) if d == which]
 
 
 def label_mapping(dataset_classes, model_classes, dataset_ref="dataset", model_ref="model") -> np.ndarray:
