@@ -187,7 +187,7 @@ class CsvReader:
                                     f"Received: {header[:60]!r}")
             line = 2
             for block, n in line_blocks(f, size):
-                yield Chunk("csv", n, line, payload=block, extra={"columns": len(fields)})
+                yield Chunk("csv", n, line, payload=block)
                 line += n
 
 

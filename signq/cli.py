@@ -188,7 +188,7 @@ def chain_then(args, client, sub) -> tuple[str | None, str | None]:
     from signq.cli_model import then_train_spec
 
     ingest_id = uuid.uuid4().hex[:20]
-    spec = then_train_spec(args, f"{sub.dataset}:{ingest_id}", client.settings)
+    spec = then_train_spec(args, f"{sub.dataset}:{ingest_id}")
     follow = client.jobs.create("train", spec)
     sub.then.append({"task": "signq.model.train", "job_id": follow})
     return ingest_id, follow

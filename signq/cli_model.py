@@ -85,7 +85,7 @@ def train_spec(args, datasets) -> dict:
     return spec
 
 
-def then_train_spec(args, dataset_ref: str, settings: Settings) -> dict:
+def then_train_spec(args, dataset_ref: str) -> dict:
     """The train spec for ``signq submit|run ... --then train`` (dataset ref known before it exists)."""
     return train_spec(args, [dataset_ref])
 

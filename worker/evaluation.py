@@ -8,7 +8,6 @@ table.txt in a directory (next to a model version).
 from __future__ import annotations
 
 import io
-import json
 import logging
 
 import numpy as np
@@ -136,10 +135,6 @@ def write_report(storage, directory: str, metrics: dict, extra: dict | None = No
     storage.write_bytes(f"{directory}/confusion.png", confusion_png(metrics["confusion"], metrics["class_names"]))
     storage.write_bytes(f"{directory}/table.txt", (format_table(metrics) + "\n").encode())
     log.info("evaluation written to %s: accuracy=%.4f n=%d", directory, metrics["accuracy"], metrics["count"])
-
-
-def dumps(metrics: dict) -> str:
-    return json.dumps({k: v for k, v in metrics.items() if k != "confusion"}, indent=1)
 
 
 def evaluate_version(storage, model_ref: str, dataset_ref: str, batch_size: int = 512) -> dict:

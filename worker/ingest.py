@@ -113,6 +113,8 @@ def _process_refs(items, kind, job: JobView, fetch: FetchSettings, out: Collecto
 
 
 def _read_file(uri: str, cap: int) -> bytes:
+    if uri.startswith(("http://", "https://")):   # only the fetcher may go to the network (policy, retries)
+        raise BadRecord("url_invalid", "folder sources are read from storage; list http(s) images in a URL manifest")
     try:
         with fsspec.open(uri, "rb") as f:
             data = f.read(cap + 1)

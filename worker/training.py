@@ -16,7 +16,6 @@ This module imports TensorFlow: only model-queue processes import it.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
@@ -440,7 +439,3 @@ def _version_for(workdir: str, job_id: str | None) -> str:
         f.write(version)
     os.replace(path + ".tmp", path)
     return version
-
-
-def describe(spec: TrainSpec) -> str:
-    return json.dumps(spec.to_json(), sort_keys=True)
