@@ -12,7 +12,6 @@ expires and the copy resumes from the last epoch's backup in the job's work dire
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -22,19 +21,14 @@ import tempfile
 import threading
 
 from signq.errors import SignqError, TransientError
-from signq.jobs import JobStore, connect
+from signq.jobs import JobStore
 from signq.storage import Storage
 from worker.app import app
+from worker.tasks import context
 
 log = logging.getLogger(__name__)
 LOCK_TTL = 60          # seconds without a heartbeat before a dead holder's lock expires
 PERMANENT = (SignqError, ValueError, LookupError)
-
-
-@functools.lru_cache(maxsize=1)
-def context():
-    s = app.signq_settings
-    return s, Storage(s.storage), JobStore(connect(app.conf.broker_url))
 
 
 class Lock:
@@ -83,14 +77,19 @@ def finished(jobs: JobStore, job_id: str) -> dict | None:
 
 
 def run_locked(task, lock_name: str, fn, job_id: str):
-    """Run ``fn()`` under the lock; map errors: transient -> retry, permanent/other -> job failed."""
+    """Run ``fn()`` under the lock unless job ``job_id`` already ended (checked again once the lock is held,
+    so a copy that waited for it finds the work done); map errors: transient -> retry, others -> job failed."""
     settings, storage, jobs = context()
+    done = finished(jobs, job_id)
+    if done is not None:
+        return done
     lock = Lock(jobs.r, lock_name)
     if not lock.acquire():
         log.info("%s is running elsewhere: retrying later", lock_name)
         raise task.retry(countdown=LOCK_TTL / 2, max_retries=None)
     try:
-        return fn()
+        done = finished(jobs, job_id)
+        return done if done is not None else fn()
     except TransientError as e:
         if task.request.retries < 5:
             raise task.retry(exc=e, countdown=10, max_retries=5)
@@ -109,9 +108,6 @@ def run_locked(task, lock_name: str, fn, job_id: str):
 @app.task(name="signq.model.train", bind=True)
 def train(self, job_id: str) -> dict:
     settings, storage, jobs = context()
-    done = finished(jobs, job_id)
-    if done is not None:
-        return done
 
     def work():
         from worker import training
@@ -121,9 +117,6 @@ def train(self, job_id: str) -> dict:
         then = raw.pop("then", [])
         spec = training.TrainSpec.from_json(raw)
         wd = workdir(storage, "train", job_id)
-        done = finished(jobs, job_id)         # a copy that waited for the lock finds the work done
-        if done is not None:
-            return done
         result = training.run_training(storage, spec, wd, report=reporter(jobs, job_id), job_id=job_id)
         for follow in then:                    # before "done", so a redelivery re-submits, never skips
             start_predict(settings, storage, jobs, follow, result["model"])
@@ -150,9 +143,6 @@ def start_predict(settings, storage, jobs: JobStore, follow: dict, model_ref: st
 @app.task(name="signq.model.evaluate", bind=True)
 def evaluate(self, job_id: str) -> dict:
     settings, storage, jobs = context()
-    done = finished(jobs, job_id)
-    if done is not None:
-        return done
 
     def work():
         from worker import evaluation
@@ -169,9 +159,6 @@ def evaluate(self, job_id: str) -> dict:
 @app.task(name="signq.model.tune", bind=True)
 def tune(self, job_id: str) -> dict:
     settings, storage, jobs = context()
-    done = finished(jobs, job_id)
-    if done is not None:
-        return done
 
     def work():
         from worker import tuning
@@ -203,8 +190,6 @@ def enqueue_trials(job_id: str, trials: list[dict]):
 @app.task(name="signq.model.tune_trial", bind=True)
 def tune_trial(self, job_id: str, trial_id: str) -> dict:
     settings, storage, jobs = context()
-    if jobs.raw(job_id).get("state") in ("done", "failed"):
-        return {"skipped": "tune finished"}
 
     def work():
         from worker import tuning

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 @worker_process_init.connect
 def _warm_up(**_):
     """Pay the matplotlib import once per child, not inside the first job's finalize."""
-    from worker import report  # noqa: F401
     import matplotlib
 
     matplotlib.use("Agg")
